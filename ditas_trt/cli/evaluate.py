@@ -1,0 +1,36 @@
+"""Quality metrics of generated digits: class accuracy, Fréchet distance of classifier features, PSNR vs FP.
+
+Examples:
+  ditas-trt eval runs/sample/samples.npz
+  ditas-trt eval runs/q/samples.npz --reference runs/fp/samples.npz   # + PSNR/MSE against FP from the same seeds
+"""
+from __future__ import annotations
+
+import json
+
+
+def add_arguments(parser):
+    parser.add_argument("samples", help=".npz written by `ditas-trt sample`")
+    parser.add_argument("--reference", default=None, help="FP samples from the same seeds, for PSNR/MSE")
+    parser.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+
+
+def run(args):
+    from ditas_trt.artifacts import write_json_atomic
+    from ditas_trt.errors import DitasError
+    from ditas_trt.eval import evaluate_samples
+    from ditas_trt.runs import load_samples
+
+    images, labels, _ = load_samples(args.samples)
+    reference = None
+    if args.reference:
+        reference, ref_labels, _ = load_samples(args.reference)
+        if reference.shape != images.shape or not (ref_labels == labels).all():
+            raise DitasError(f"{args.reference}: reference samples do not match {args.samples} (shape or labels)")
+    if images.shape[1:] != (1, 16, 16):
+        raise DitasError(f"{args.samples}: the offline metrics need 16x16 digit images, got {tuple(images.shape[1:])}")
+    metrics = evaluate_samples(images, labels, reference)
+    print(json.dumps(metrics, indent=2))
+    if args.json:
+        write_json_atomic(args.json, metrics)
+    return 0
