@@ -98,6 +98,11 @@ def convert_diffusers_state_dict(state: dict[str, torch.Tensor], config: DiTConf
         "final_layer.linear.bias": state["proj_out_2.bias"],
     }
     emb = "transformer_blocks.0.norm1.emb."
+    for key in [k for k in state if k.startswith(emb)]:
+        for i in range(1, config.depth):
+            if not torch.equal(state[key], state[key.replace("blocks.0.", f"blocks.{i}.", 1)]):
+                raise DitasError(f"diffusers DiT has different timestep/label embedders in block {i} ({key}); "
+                                 "the original DiT shares one, so it cannot be converted")
     out["t_embedder.mlp.0.weight"] = state[emb + "timestep_embedder.linear_1.weight"]
     out["t_embedder.mlp.0.bias"] = state[emb + "timestep_embedder.linear_1.bias"]
     out["t_embedder.mlp.2.weight"] = state[emb + "timestep_embedder.linear_2.weight"]

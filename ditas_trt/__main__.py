@@ -1,0 +1,3 @@
+from ditas_trt.cli import entry
+
+entry()
