@@ -58,12 +58,24 @@ def load_denoiser(
     model: Optional[str] = None,
     *,
     quantized: Optional[str] = None,
+    engine: Optional[str] = None,
+    onnx: Optional[str] = None,
+    plugin_lib: Optional[str] = None,
     device: str = "cpu",
 ) -> Denoiser:
-    """The FP model of ``checkpoint``, or the quantized model in folder ``quantized``."""
+    """The FP model of ``checkpoint``, the quantized model in folder ``quantized``, a TensorRT plan ``engine``
+    (CUDA; ``device`` "cpu" means the first GPU) or an exported ``onnx`` graph (onnxruntime, CPU)."""
     from ditas_trt.models import load_dit
     from ditas_trt.models.embedded import resolve_checkpoint
 
+    if engine is not None:
+        from ditas_trt.engine.runtime import engine_denoiser
+
+        return engine_denoiser(engine, device="cuda" if device == "cpu" else device, plugin_lib=plugin_lib)
+    if onnx is not None:
+        from ditas_trt.export.ort import onnx_denoiser
+
+        return onnx_denoiser(onnx)
     if quantized is not None:
         from ditas_trt.quant.packed import load_quantized
 

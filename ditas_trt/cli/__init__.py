@@ -12,6 +12,8 @@ from ditas_trt.errors import DitasError
 SUBCOMMANDS = {
     "info": "info",
     "sample": "sample",
+    "export": "export",
+    "build": "build",
     "eval": "evaluate",
     "pipeline": "pipeline",
 }
