@@ -147,10 +147,24 @@ def stage_fp_samples(ctx: PipelineContext) -> None:
     sec.lines.append(f"\n![FP samples]({result['grid']})")
 
 
+def stage_export(ctx: PipelineContext) -> None:
+    from ditas_trt.engine.stages import export_stage
+
+    export_stage(ctx)
+
+
+def stage_engines(ctx: PipelineContext) -> None:
+    from ditas_trt.engine.stages import engines_stage
+
+    engines_stage(ctx)
+
+
 # Stages in order; later issues append theirs (quantize, export, engines, benchmark, Triton repository).
 STAGES: list[tuple[str, Callable[[PipelineContext], None]]] = [
     ("model", stage_model),
     ("fp", stage_fp_samples),
+    ("export", stage_export),
+    ("engines", stage_engines),
 ]
 
 
