@@ -1,0 +1,4 @@
+// mma.sync GEMM instantiation: W8 weights, i32 output.
+#include "gemmSm80.cuh"
+
+DITAS_INSTANTIATE_GEMM_SM80(8, kInt32)

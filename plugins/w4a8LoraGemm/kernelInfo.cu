@@ -1,0 +1,22 @@
+// Shared-memory sizes of the kernel configurations, for the dispatcher's device-limit checks (no kernels here).
+#include "gemmSm80.cuh"
+#include "quantizeAct.cuh"
+
+namespace ditas
+{
+
+size_t gemmSm80SmemBytes(int bits, Sm80Tile tile, int rank)
+{
+    if (bits == 4)
+    {
+        return tile == Sm80Tile::kLarge ? sm80::LargeConfig<4>::smemBytes(rank) : sm80::SmallConfig<4>::smemBytes(rank);
+    }
+    return tile == Sm80Tile::kLarge ? sm80::LargeConfig<8>::smemBytes(rank) : sm80::SmallConfig<8>::smemBytes(rank);
+}
+
+size_t quantizeActSmemBytes(int rank)
+{
+    return quant::smemBytes(rank);
+}
+
+} // namespace ditas

@@ -1,0 +1,4 @@
+// Fallback activation quantize instantiation: fp16 input.
+#include "genericKernels.cuh"
+
+DITAS_INSTANTIATE_QUANTIZE_ACT_GENERIC(__half)
