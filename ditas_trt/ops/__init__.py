@@ -210,3 +210,6 @@ def quantized_linear(x: torch.Tensor, layer) -> torch.Tensor:
     y = gemm(x_q, x_scale, layer.qweight, layer.w_scale, bias=layer.bias,
              lora_act=lora_act if layer.lora_up is not None else None, lora_up=layer.lora_up, out_dtype=x.dtype)
     return y.reshape(*x.shape[:-1], layer.config.out_features)
+
+
+from ditas_trt.ops import cuda as _cuda  # noqa: E402,F401  registers the CUDA kernels; loads no library until a CUDA call
