@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "build": "build",
     "eval": "evaluate",
     "pipeline": "pipeline",
+    "triton-repo": "triton_repo",
+    "serve": "serve",
 }
 
 PROG = "ditas-trt"
