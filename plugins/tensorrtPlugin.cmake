@@ -2,14 +2,18 @@
 # ditas_kernels_static linked in, so the plugin library is one self-contained file (cudart static; no link against
 # libnvinfer / libtensorrt_rtx: TensorRT resolves getCreators + setLoggerFinder when it loads the library).
 #
-#   -DTENSORRT_INCLUDE_DIR=/usr/include/x86_64-linux-gnu   (NGC TensorRT images; default: the kernel-lens wheel's
-#                                                          TensorRT 10.14 headers, enough for IPluginV3)
+#   -DTENSORRT_INCLUDE_DIR=/usr/include/x86_64-linux-gnu   (or $TENSORRT_INCLUDE_DIR; NGC TensorRT images; default:
+#                                                          the kernel-lens wheel's TensorRT 10.14 headers, enough
+#                                                          for IPluginV3, then the usual system folders)
 #   -DDITAS_BUILD_TRT_PLUGIN=OFF                           (kernels only)
 option(DITAS_BUILD_TRT_PLUGIN "Build libditas_trt_plugin.so (needs TensorRT headers)" ON)
 set(TENSORRT_INCLUDE_DIR "" CACHE PATH "Folder holding NvInferRuntime.h (default: kernel-lens wheel, then system paths)")
 
 if(DITAS_BUILD_TRT_PLUGIN)
     set(_ditas_trt_inc "${TENSORRT_INCLUDE_DIR}")
+    if(NOT _ditas_trt_inc AND DEFINED ENV{TENSORRT_INCLUDE_DIR})
+        set(_ditas_trt_inc "$ENV{TENSORRT_INCLUDE_DIR}") # e.g. set in docker/Dockerfile.build
+    endif()
     if(NOT _ditas_trt_inc)
         find_package(Python3 COMPONENTS Interpreter QUIET)
         if(Python3_Interpreter_FOUND)

@@ -43,10 +43,11 @@ def run(args):
                           timing_cache=None if args.timing_cache == "none" else args.timing_cache,
                           verbose=args.verbose, allow_reexec=True)
     side = result.sidecar
+    batch = side["profile"]["batch"]
     plugin = side["plugin"]
     plug = "" if plugin is None else (f", {len(side['plugin_layers'])} plugin layers, plugin "
                                       + ("embedded" if plugin["embedded"] else f"at {plugin['library']}"))
     print(f"wrote {result.plan} ({side['bytes'] / 1e6:.2f} MB, {side['tensorrt']['flavour']} {side['tensorrt']['version']}, "
-          f"built in {side['build_seconds']:.1f} s, batch {side['profile']['batch']}, "
+          f"built in {side['build_seconds']:.1f} s, batch {batch['min']}/{batch['opt']}/{batch['max']}, "
           f"targets {' '.join(side['targets']['compute_capabilities'])}{plug})")
     return 0
