@@ -93,6 +93,34 @@ def test_rtx_parser_library_is_arranged_by_the_package():
     assert Path(os.path.realpath(link)).name.startswith("libtensorrt_rtx.so.")
 
 
+def test_parser_library_fallback_for_read_only_installs(tmp_path, monkeypatch):
+    from ditas_trt.engine import tensorrt as trt_mod
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    real = pkg / "libtensorrt_rtx.so.1"
+    real.write_bytes(b"")
+    monkeypatch.setattr(trt_mod, "_rtx_library_dir", lambda: (pkg, real))
+    monkeypatch.setattr(trt_mod, "PRIVATE_LIB_DIR", tmp_path / "private")
+    assert trt_mod.ensure_rtx_parser_library() == pkg / "libtensorrt_rtx.so"  # writable: a relative link
+    assert os.readlink(pkg / "libtensorrt_rtx.so") == real.name
+    (pkg / "libtensorrt_rtx.so").unlink()
+    symlink = os.symlink
+
+    def read_only(src, dst):
+        if Path(dst).parent == pkg:
+            raise PermissionError("read-only file system")
+        symlink(src, dst)
+
+    monkeypatch.setattr(trt_mod.os, "symlink", read_only)
+    monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
+    with pytest.raises(DitasError, match="read-only .* LD_LIBRARY_PATH="):
+        trt_mod.ensure_rtx_parser_library(allow_reexec=False)
+    assert os.readlink(tmp_path / "private" / "libtensorrt_rtx.so") == str(real)
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(tmp_path / "private"))
+    assert trt_mod.ensure_rtx_parser_library() == tmp_path / "private" / "libtensorrt_rtx.so"
+
+
 def _check_common(result, onnx_files):
     from ditas_trt.engine.inspect import inspect_plan
 
@@ -304,7 +332,8 @@ def test_engine_matches_torch_on_gpu(kind, onnx_files, tmp_path):
             got = runner(x.cuda(), t.cuda(), y.cuda()).cpu().numpy()
             got2 = runner(x.cuda(), t.cuda(), y.cuda()).cpu().numpy()  # graph replay == first run
             assert np.array_equal(got, got2)
-            assert np.abs(got - ref).max() / np.abs(ref).max() < 2e-2, (kind, batch, cuda_graphs)
+            tolerance = 2e-2 if kind == "fp16" else 5e-2  # FP16 network around the plugin: more INT8 rounding flips
+            assert np.abs(got - ref).max() / np.abs(ref).max() < tolerance, (kind, batch, cuda_graphs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
