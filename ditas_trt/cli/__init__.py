@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "pipeline": "pipeline",
     "triton-repo": "triton_repo",
     "serve": "serve",
+    "bench": "bench",
 }
 
 PROG = "ditas-trt"

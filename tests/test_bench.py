@@ -1,0 +1,50 @@
+"""`ditas-trt bench` end to end on a tiny DiT (short: 2 steps, 1-2 repetitions); GPU-only variants are n/a here."""
+import json
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from ditas_trt.models import DiT, save_dit
+
+    torch.manual_seed(0)
+    model = DiT(input_size=8, patch_size=4, in_channels=1, hidden_size=64, depth=2, num_heads=4, num_classes=10)
+    path = tmp_path_factory.mktemp("bench") / "tiny.safetensors"
+    save_dit(model, path)
+    return path
+
+
+def test_bench_writes_json_markdown_and_plots(tiny_checkpoint, tmp_path):
+    r = run_cli("bench", "--checkpoint", tiny_checkpoint, "--variants", "fp32", "w4a8_lora", "trt_fp16", "quantized",
+                "--batches", "1", "2", "--steps", "2", "--warmup", "0", "--reps", "2", "--loop-warmup", "0",
+                "--loop-reps", "1", "--threads", "1", "--out", tmp_path, "--name", "t")
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "t.json").read_text())
+    variants = {v["name"]: v for v in data["variants"]}
+    assert variants["fp32"]["status"] == "ok" and variants["w4a8_lora"]["status"] == "ok"
+    for name in ("fp32", "w4a8_lora"):
+        for batch in ("1", "2"):
+            res = variants[name]["batches"][batch]
+            assert res["images_per_s"] > 0 and res["step_ms"]["p50"] > 0 and res["loop_ms"]["n"] == 1
+        assert variants[name]["weights_mb"] > 0 and variants[name]["peak_memory_mb"] > 0
+    assert variants["w4a8_lora"]["weights_mb"] < variants["fp32"]["weights_mb"]
+    assert "exact CPU reference" in variants["w4a8_lora"]["path"]
+    if not torch.cuda.is_available():
+        assert variants["trt_fp16"]["status"] == "n/a" and "CUDA GPU" in variants["trt_fp16"]["reason"]
+    assert variants["quantized"]["status"] == "n/a" and "--quantized" in variants["quantized"]["reason"]
+    assert data["device"]["name"] and data["device"]["type"] in ("cpu", "cuda")
+    md = (tmp_path / "t.md").read_text()
+    assert "| W4A8+LoRA (ditas_trt ops) | 1 |" in md and "n/a" in md and "images/s" in md
+    assert (tmp_path / "t_images_per_s.png").stat().st_size > 1000
+    assert (tmp_path / "t_step_latency.png").stat().st_size > 1000
+
+
+def test_bench_argument_errors(tmp_path):
+    r = run_cli("bench", "--random-weights", "--out", tmp_path)
+    assert r.returncode == 2 and "--random-weights needs --model" in r.stderr
+    r = run_cli("bench", "--batches", "0", "--out", tmp_path)
+    assert r.returncode == 2 and "batches must be >= 1" in r.stderr
