@@ -233,6 +233,11 @@ def build_engine(
     plan = Path(out_dir) / f"{name}.plan"
     nodes = custom_nodes(onnx_path)
     onnx_meta = read_onnx_metadata(onnx_path)
+    dynamic = sorted(n for n, c in (onnx_meta.get("quant_layers") or {}).items() if c.get("act_mode") == "dynamic")
+    if onnx_meta.get("kind") == "qdq" and dynamic:
+        raise DitasError(f"{onnx_path}: the Q/DQ graph has per-token activation scales computed in the graph "
+                         f"({dynamic[0]}{' and more' if len(dynamic) > 1 else ''}); TensorRT needs constant Q/DQ "
+                         "scales — build the plugin graph (--kind plugin) instead")
 
     trt = import_tensorrt(flavour, allow_reexec=allow_reexec)
     mod = trt.module

@@ -162,7 +162,7 @@ def make_logger(trt: TensorRT, verbose: bool = False):
                 self.errors.append(msg)
             elif severity == mod.ILogger.WARNING:
                 self.warnings.append(msg)
-            if verbose or severity in (mod.ILogger.INTERNAL_ERROR,):
+            if verbose:  # errors reach the user through the DitasError that quotes the last one
                 print(f"[{trt.flavour}] {msg}", file=sys.stderr)
 
         def last_error(self, default: str = "no error message") -> str:
