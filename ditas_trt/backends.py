@@ -62,6 +62,7 @@ def load_denoiser(
     onnx: Optional[str] = None,
     plugin_lib: Optional[str] = None,
     device: str = "cpu",
+    expect_config: Optional[DiTConfig] = None,
 ) -> Denoiser:
     """The FP model of ``checkpoint``, the quantized model in folder ``quantized``, a TensorRT plan ``engine``
     (CUDA; ``device`` "cpu" means the first GPU) or an exported ``onnx`` graph (onnxruntime, CPU)."""
@@ -79,5 +80,6 @@ def load_denoiser(
     if quantized is not None:
         from ditas_trt.quant.packed import load_quantized
 
-        return torch_denoiser(load_quantized(quantized), f"quantized:{quantized}", device)
+        # expect_config: the model the folder must have been quantized from (an explicit checkpoint)
+        return torch_denoiser(load_quantized(quantized, expect_config=expect_config), f"quantized:{quantized}", device)
     return torch_denoiser(load_dit(resolve_checkpoint(checkpoint), model), "fp32", device)

@@ -147,6 +147,18 @@ def stage_fp_samples(ctx: PipelineContext) -> None:
     sec.lines.append(f"\n![FP samples]({result['grid']})")
 
 
+def stage_quantize(ctx: PipelineContext) -> None:
+    from ditas_trt.quant.stages import quantize_stage
+
+    quantize_stage(ctx)
+
+
+def stage_quantized_samples(ctx: PipelineContext) -> None:
+    from ditas_trt.quant.stages import quantized_samples_stage
+
+    quantized_samples_stage(ctx)
+
+
 def stage_export(ctx: PipelineContext) -> None:
     from ditas_trt.engine.stages import export_stage
 
@@ -163,6 +175,8 @@ def stage_engines(ctx: PipelineContext) -> None:
 STAGES: list[tuple[str, Callable[[PipelineContext], None]]] = [
     ("model", stage_model),
     ("fp", stage_fp_samples),
+    ("quantize", stage_quantize),
+    ("quantized", stage_quantized_samples),
     ("export", stage_export),
     ("engines", stage_engines),
 ]

@@ -12,6 +12,7 @@ from ditas_trt.errors import DitasError
 SUBCOMMANDS = {
     "info": "info",
     "sample": "sample",
+    "quantize": "quantize",
     "export": "export",
     "build": "build",
     "eval": "evaluate",

@@ -44,8 +44,13 @@ def run(args):
         rows = 2 if options.cfg_scale > 1 else 1
         for chunk in {min(args.batch_size, n), n % args.batch_size or min(args.batch_size, n)}:
             check_batch(meta, chunk * rows)
+    expect = None
+    if args.quantized is not None and args.checkpoint != "embedded":  # a checkpoint named with --quantized
+        from ditas_trt.models import load_dit
+
+        expect = load_dit(args.checkpoint, args.model).config
     denoiser = load_denoiser(args.checkpoint, args.model, quantized=args.quantized, engine=args.engine,
-                             onnx=args.onnx, plugin_lib=args.plugin_lib, device=args.device)
+                             onnx=args.onnx, plugin_lib=args.plugin_lib, device=args.device, expect_config=expect)
     labels = sample_labels(args, denoiser.config.num_classes)
     seeds = [args.seed + i for i in range(len(labels))]
     images = denoiser.generate(labels, seeds, options, batch_size=args.batch_size, progress=True)

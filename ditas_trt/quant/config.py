@@ -89,7 +89,7 @@ class QuantRecipe:
     lowrank: int = 32
     lora_iters: int = 10
     search_lora: str = "cheap"  # LoRA inside the alpha search: none | cheap (one randomized SVD) | full
-    tokens_per_step: int = 256
+    tokens_per_step: int = 64
     cache_mb: int = 2048
     seed: int = 0
 

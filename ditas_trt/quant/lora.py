@@ -20,7 +20,9 @@ OVERSAMPLE = 16
 POWER_ITERS = 4
 
 
-def low_rank(matrix: torch.Tensor, rank: int, exact: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def low_rank(
+    matrix: torch.Tensor, rank: int, exact: bool | None = None, power_iters: int = POWER_ITERS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Best rank-``rank`` factors ``(L [.., N, r], R [.., r, K])`` of ``matrix`` [.., N, K] (batched allowed).
 
     Exact: eigen-decomposition of the float64 Gram matrix of the smaller side (same subspace as the SVD, much
@@ -33,7 +35,7 @@ def low_rank(matrix: torch.Tensor, rank: int, exact: bool | None = None) -> tupl
         exact = min(n, k) <= EXACT_SVD_MAX
     if not exact:
         q = min(rank + OVERSAMPLE, n, k)
-        u, s, v = torch.svd_lowrank(m, q=q, niter=POWER_ITERS)
+        u, s, v = torch.svd_lowrank(m, q=q, niter=power_iters)
         root = s[..., :rank].clamp(min=0).sqrt()
         return u[..., :rank] * root.unsqueeze(-2), root.unsqueeze(-1) * v[..., :rank].transpose(-1, -2)
     transpose = k > n

@@ -71,7 +71,7 @@ class DitasConfig(QuantizeAlgorithmConfig):
     lora_iters: int = _field("lora_iters", 10)
     search_lora: Literal["none", "cheap", "full"] = ModeloptField(
         default="cheap", title="LoRA inside the alpha search: none, cheap (one truncated SVD), full (the alternation)")
-    tokens_per_step: int = _field("tokens_per_step", 256)
+    tokens_per_step: int = _field("tokens_per_step", 64)
     cache_mb: int = _field("cache_mb", 2048)
     seed: int = _field("seed", 0)
     weight_group_size: Optional[int] = ModeloptField(
@@ -199,7 +199,7 @@ def ditas_calibrate(
     lowrank: int = 32,
     lora_iters: int = 10,
     search_lora: str = "cheap",
-    tokens_per_step: int = 256,
+    tokens_per_step: int = 64,
     cache_mb: int = 2048,
     seed: int = 0,
     weight_group_size: Optional[int] = None,

@@ -25,6 +25,7 @@ from ditas_trt.quant.lora import alternate, low_rank
 from ditas_trt.quant.smoothing import smoothing_scale, weight_channel_amax
 
 CHUNK_BYTES = 256 << 20
+SEARCH_POWER_ITERS = 2  # randomized SVD inside the search (large layers only): ranking alphas needs less precision
 
 
 def fake_quantize_activation(x: torch.Tensor, amax: Optional[torch.Tensor]) -> torch.Tensor:
@@ -89,7 +90,7 @@ def search_alpha(
         else:
             w_q = fake_quantize_weights(w_s, bits, group_size)
             if rank:
-                lora_l, lora_r = low_rank(w_s - w_q, rank)
+                lora_l, lora_r = low_rank(w_s - w_q, rank, power_iters=SEARCH_POWER_ITERS)
                 w_q = w_q + lora_l @ lora_r
         x_s = x.unsqueeze(0) / s.unsqueeze(1)  # [A, M, K]
         if act_mode == "static":
