@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "triton-repo": "triton_repo",
     "serve": "serve",
     "bench": "bench",
+    "fid": "fid",
 }
 
 PROG = "ditas-trt"
