@@ -171,6 +171,18 @@ def stage_engines(ctx: PipelineContext) -> None:
     engines_stage(ctx)
 
 
+def stage_bench(ctx: PipelineContext) -> None:
+    from ditas_trt.serve.stages import bench_stage
+
+    bench_stage(ctx)
+
+
+def stage_triton(ctx: PipelineContext) -> None:
+    from ditas_trt.serve.stages import triton_stage
+
+    triton_stage(ctx)
+
+
 # Stages in order; later issues append theirs (quantize, export, engines, benchmark, Triton repository).
 STAGES: list[tuple[str, Callable[[PipelineContext], None]]] = [
     ("model", stage_model),
@@ -179,6 +191,8 @@ STAGES: list[tuple[str, Callable[[PipelineContext], None]]] = [
     ("quantized", stage_quantized_samples),
     ("export", stage_export),
     ("engines", stage_engines),
+    ("bench", stage_bench),
+    ("triton", stage_triton),
 ]
 
 

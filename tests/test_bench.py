@@ -48,3 +48,16 @@ def test_bench_argument_errors(tmp_path):
     assert r.returncode == 2 and "--random-weights needs --model" in r.stderr
     r = run_cli("bench", "--batches", "0", "--out", tmp_path)
     assert r.returncode == 2 and "batches must be >= 1" in r.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_bench_and_triton_stages(tiny_checkpoint, tmp_path):
+    pytest.importorskip("pytriton")
+    r = run_cli("pipeline", "--checkpoint", tiny_checkpoint, "--stages", "model", "bench", "triton", "--per-class", "1",
+                "--runs-dir", tmp_path, "--name", "p", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = (tmp_path / "p" / "report.md").read_text()
+    assert "## Benchmark (short)" in report and "| torch FP32 eager | 1 |" in report
+    assert "## Triton model repository" in report and "(bit-exact)" in report and ", 0 failed," in report
+    assert (tmp_path / "p" / "model_repo" / "sampler" / "config.pbtxt").is_file()
+    assert (tmp_path / "p" / "bench" / "bench.json").is_file()
