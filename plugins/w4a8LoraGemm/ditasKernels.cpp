@@ -112,6 +112,8 @@ std::string sm80Refusal(ditas::GemmParams const& p, int bits, int yDtype, bool i
         return "needs K % 64 == 0";
     if (p.K > 65536)
         return "needs K <= 65536 (INT32 accumulators of 16 x INT4 codes)";
+    if (static_cast<long long>(p.M) * p.K >= (1LL << 31))
+        return "needs M * K < 2^31 (32-bit row offsets)";
     if (p.N % 8)
         return "needs N % 8 == 0";
     if (!int32Out && (p.K / p.numGroups) % 64)

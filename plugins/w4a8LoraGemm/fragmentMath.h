@@ -49,20 +49,22 @@ DITAS_HD uint32_t bytePerm(uint32_t a, uint32_t b, uint32_t sel)
 // ---------------------------------------------------------------------------------------------------------------
 // Main loop of the INT8 GEMM (mma.sync.m16n8k32.row.col.s32.s8.s8.s32), k-tile of 64 codes
 //
-// Shared memory per stage (no padding, no swizzle; the access patterns below are bank-conflict free):
-//   A  x_q tile   [BM][64]  int8       row = 64 bytes
-//   B  weights    [BN][64]  int8 (W8)  row = 64 bytes
-//                 [BN][32]  uint8 (W4) row = 32 bytes, two INT4 codes per byte, low nibble = even k
+// Each lane owns a 16-code k-span of the tile: k = 16 * quad + [0, 16), held as four 32-bit words of 4 int8 codes in
+// natural k order (word j = codes 16q + 4j .. 16q + 4j + 3). mma s (0, 1) takes span words 2s (operand half 0:
+// a0/a1, b0) and 2s + 1 (half 1: a2/a3, b1). The PTX fragment of m16n8k32 puts k-slots 4q..4q+3 (half 0) and
+// 16+4q..16+4q+3 (half 1) on lane quad q for A and B alike, so A and B see the same permutation of k inside the
+// tile and the dot product is unchanged; the two mmas cover each k of the tile exactly once.
 //
-// Each lane owns a 16-code span of the k-tile: k = 16 * quad + [0, 16), for rows group and group + 8 of an A
-// fragment (one 16-byte LDS each) and for column `group` of a B fragment (16 bytes W8, 8 bytes W4). The span is
-// held as four 32-bit registers of 4 int8 codes in natural k order (register j = k 16q + 4j .. 16q + 4j + 3).
-// mma s (0, 1) takes span registers 2s (operand half 0: a0/a1, b0) and 2s + 1 (half 1: a2/a3, b1). The PTX
-// fragment of m16n8k32 puts k-slots 4q..4q+3 (half 0) and 16+4q..16+4q+3 (half 1) on lane quad q for A and B
-// alike, so A and B see the same permutation of k inside the tile and the dot product is unchanged; the two
-// mmas together cover each k of the tile exactly once (see test/fragmentMathTest.cpp).
+// Shared memory per stage:
+//   A  x_q tile, "fragment order": for each 16-row block and each mma s, lane l's four words {a0, a1, a2, a3} are
+//      16 consecutive bytes at block * 1024 + s * 512 + l * 16, so one LDS.128 gives the MMA operand registers in
+//      order (no register moves) and a warp's load is 512 contiguous bytes (conflict free). Written by 4-byte
+//      cp.async copies, one global word (row r, word w of the tile row) at aWordDst(r, w).
+//   B  weights, linear rows: [BN][64] int8 (W8, 64-byte rows), [BN][32] packed INT4 (W4, 32-byte rows, two codes per
+//      byte, low nibble = even k); lane (g, q) reads its span with one 16-byte (W8) or 8-byte (W4) load.
 // ---------------------------------------------------------------------------------------------------------------
 constexpr int kBK = 64;
+constexpr int kAWordsPerRow = kBK / 4;
 
 template <int kBits>
 DITAS_HD constexpr int bRowBytes()
@@ -70,10 +72,20 @@ DITAS_HD constexpr int bRowBytes()
     return kBK * kBits / 8;
 }
 
-// Byte offset in the A stage tile of the 16-byte span of `lane` for the 16-row block starting at rowBase.
-DITAS_HD constexpr int aSpanOffset(int rowBase, int lane, int half)
+// Byte offset of the A fragment {a0, a1, a2, a3} of `lane` for mma s of the 16-row block `block` of the tile.
+DITAS_HD constexpr int aFragOffset(int block, int s, int lane) { return block * 1024 + s * 512 + lane * 16; }
+
+// Byte offset where the 4-byte word w (0..15, codes 4w..4w+3) of tile row r is stored.
+DITAS_HD constexpr int aWordDst(int r, int w)
 {
-    return (rowBase + laneGroup(lane) + 8 * half) * kBK + 16 * laneQuad(lane);
+    return aFragOffset(r >> 4, (w >> 1) & 1, 4 * (r & 7) + (w >> 2)) + 4 * (((r >> 3) & 1) + 2 * (w & 1));
+}
+
+// A copy plan: thread tid copies word w = tid % 16 of rows r0 + it * step (r0 = tid / 16, step = threads / 16, one
+// warp instruction = 2 rows x 64 contiguous bytes). Its destinations are aWordDst(r0, w) + aCopyDelta(step, it).
+DITAS_HD constexpr int aCopyDelta(int step, int it)
+{
+    return step == 16 ? 1024 * it : 1024 * (it >> 1) + 4 * (it & 1); // step 16: next block; step 8: g + 8, next block
 }
 
 // Byte offset in the B stage tile of the span of `lane` for the 8-column block starting at colBase

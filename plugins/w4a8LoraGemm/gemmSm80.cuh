@@ -2,13 +2,15 @@
 //
 //   y[m, n] = (sum_g float(acc[m, n, g]) * w_scale[n, g]) * s_x[m] + bias[n] + (lora_act[m, :] . lora_up[:, n])
 //
-// Main loop: cp.async multistage pipeline (global -> shared, zero-fill outside M / N), per-lane 16-code k spans
-// loaded with one 16-byte (A, W8) or 8-byte (W4) shared load, INT4 -> INT8 unpack in registers (3 logic ops and
-// 2 byte permutes per 8 codes, codes scaled by 16, exact), mma.sync.m16n8k32 s8 with s32 accumulation. Weight
-// groups (G a multiple of 64) are folded into fp32 accumulators at each group end with scales staged through
-// shared memory together with the tiles. Epilogue: scales, bias and the LoRA-up product as m16n8k16 f16 MMAs
-// (lora_act rounded to fp16, fp32 accumulation) on tiles loaded by cp.async at kernel start. The index math is in
-// fragmentMath.h and is checked on the host by test/fragmentMathTest.cpp.
+// Main loop: cp.async multistage pipeline (zero-fill outside M / N). A (x_q) is copied in 4-byte words straight
+// into "fragment order", so one LDS.128 per (16-row block, mma) gives the m16n8k32 A operand registers; B is copied in
+// 16-byte chunks into linear rows and each lane reads its 16-code k-span with one 16-byte (W8) or 8-byte (W4) load.
+// INT4 -> INT8 in registers (3 logic ops and 2 byte permutes per 8 codes, codes scaled by 16, exact),
+// mma.sync.m16n8k32 s8 with s32 accumulation. Per-group weights (G a multiple of 64; a separate instantiation)
+// fold into fp32 accumulators at each group end with scales staged through shared memory with the tiles.
+// Epilogue: scales, bias and the LoRA-up product as m16n8k16 f16 MMAs (lora_act rounded to fp16, fp32
+// accumulation) on tiles loaded by cp.async at kernel start. The index math is in fragmentMath.h and is checked on
+// the host by test/fragmentMathTest.cpp.
 #pragma once
 
 #include "fragmentMath.h"
@@ -63,52 +65,105 @@ using SmallConfig = Config<kBits, 64, 64, 2, 2, 4>;
 // ---------------------------------------------------------------------------------------------------------------
 // Global -> shared loads
 // ---------------------------------------------------------------------------------------------------------------
+// Per-thread copy plan of one stage, computed once: source pointers advance by one k-tile per issue() (tiles are
+// issued in order 0, 1, 2, ...), shared-memory destinations are fixed offsets from the stage base. Rows past M / N
+// read row 0 with a zero byte count (cp.async zero-fill), so every source address stays valid.
 template <class Cfg>
-__device__ __forceinline__ void loadStage(char* stage, GemmParams const& p, int m0, int n0, int kt, bool grouped,
-    int tilesPerGroup)
+struct CopyPlan
 {
-    constexpr int kBits = Cfg::kBits;
-    int const tid = threadIdx.x;
-    int8_t const* xq = static_cast<int8_t const*>(p.xq);
+    static constexpr int kRowBytes = frag::bRowBytes<Cfg::kBits>();
+    static constexpr int kChunksPerRow = kRowBytes / 16;
+    static constexpr int kAStep = Cfg::kThreads / frag::kAWordsPerRow; // rows between a thread's A words
+    static constexpr int kAIters = Cfg::kBM / kAStep;
+    static constexpr int kBIters = Cfg::kBN * kChunksPerRow / Cfg::kThreads;
+    static_assert(kAStep == 8 || kAStep == 16, "A copy plan assumes 128 or 256 threads");
+    static_assert(Cfg::kBM % kAStep == 0, "A tile rows must divide evenly among threads");
+    static_assert(Cfg::kBN * kChunksPerRow % Cfg::kThreads == 0, "B tile chunks must divide evenly among threads");
+    static_assert(Cfg::kBN <= Cfg::kThreads, "one weight-scale copy per thread at most");
+
+    char const* aBase;         // x_q + 4 * (tid % 16), advanced one k-tile per issue()
+    uint32_t aOff[kAIters];    // byte offset of the thread's row (clamped to M - 1) from aBase
+    uint32_t aDst;             // aWordDst(row0, word) (+ aCopyDelta per iteration)
+    uint32_t aValid;           // bit it: row it is inside M (else zero-fill)
+    char const* bSrc[kBIters];
+    uint32_t bDst[kBIters];
+    int bBytes[kBIters];
+    bool aFull;         // all BM rows of the tile are inside M (warp-uniform): no zero-fill predicates
+    float const* sSrc;  // per-group weight scales of column n0 + tid
+    uint32_t sDst;      // their shared-memory offset inside a stage
+    int sBytes;         // 4, 0 (zero-fill past N) or -1 (this thread copies no scale)
+
+    __device__ __forceinline__ void init(GemmParams const& p, int m0, int n0, int tid)
+    {
+        int const word = tid % frag::kAWordsPerRow;
+        int const row0 = tid / frag::kAWordsPerRow;
+        aBase = static_cast<char const*>(p.xq) + 4 * word;
+        aDst = uint32_t(frag::aWordDst(row0, word));
+        aValid = 0;
+        aFull = m0 + Cfg::kBM <= p.M;
 #pragma unroll
-    for (int it = 0; it < Cfg::kBM * 4 / Cfg::kThreads; ++it)
-    {
-        int const c = tid + it * Cfg::kThreads;
-        int const row = c >> 2;
-        int const col = (c & 3) * 16;
-        int const gm = m0 + row;
-        bool const ok = gm < p.M;
-        int8_t const* src = xq + size_t(ok ? gm : 0) * p.K + size_t(kt) * frag::kBK + col;
-        ptx::cpAsync16(stage + row * frag::kBK + col, src, ok ? 16 : 0);
-    }
-    constexpr int kRowBytes = frag::bRowBytes<kBits>();
-    constexpr int kChunksPerRow = kRowBytes / 16;
-    uint8_t const* w = static_cast<uint8_t const*>(p.weight);
-    size_t const wRowBytes = size_t(p.K) * kBits / 8;
-    static_assert((Cfg::kBN * kChunksPerRow) % Cfg::kThreads == 0, "B tile chunks must divide evenly among threads");
-#pragma unroll
-    for (int it = 0; it < Cfg::kBN * kChunksPerRow / Cfg::kThreads; ++it)
-    {
-        int const c = tid + it * Cfg::kThreads;
-        int const row = c / kChunksPerRow;
-        int const col = (c % kChunksPerRow) * 16;
-        int const gn = n0 + row;
-        bool const ok = gn < p.N;
-        uint8_t const* src = w + size_t(ok ? gn : 0) * wRowBytes + size_t(kt) * kRowBytes + col;
-        ptx::cpAsync16(stage + Cfg::kABytes + row * kRowBytes + col, src, ok ? 16 : 0);
-    }
-    if (grouped)
-    {
-        int const g = kt / tilesPerGroup;
-        float* dst = reinterpret_cast<float*>(stage + Cfg::kABytes + Cfg::kBBytes);
-        for (int c = tid; c < Cfg::kBN; c += Cfg::kThreads)
+        for (int it = 0; it < kAIters; ++it)
         {
-            int const gn = n0 + c;
-            bool const ok = gn < p.N;
-            ptx::cpAsync4(dst + c, p.wScale + size_t(ok ? gn : 0) * p.numGroups + g, ok ? 4 : 0);
+            int const row = m0 + row0 + it * kAStep;
+            aOff[it] = uint32_t(row < p.M ? row : p.M - 1) * uint32_t(p.K); // M * K < 2^31 (checked by the dispatcher)
+            aValid |= uint32_t(row < p.M) << it;
+        }
+        char const* w = static_cast<char const*>(p.weight);
+        size_t const wRowBytes = size_t(p.K) * Cfg::kBits / 8;
+#pragma unroll
+        for (int it = 0; it < kBIters; ++it)
+        {
+            int const c = tid + it * Cfg::kThreads;
+            int const row = c / kChunksPerRow;
+            int const col = (c % kChunksPerRow) * 16;
+            bool const ok = n0 + row < p.N;
+            bSrc[it] = w + size_t(ok ? n0 + row : 0) * wRowBytes + col;
+            bDst[it] = uint32_t(Cfg::kABytes + row * kRowBytes + col);
+            bBytes[it] = ok ? 16 : 0;
+        }
+        bool const sOk = tid < Cfg::kBN && n0 + tid < p.N;
+        sSrc = p.wScale + size_t(sOk ? n0 + tid : 0) * p.numGroups;
+        sDst = uint32_t(Cfg::kABytes + Cfg::kBBytes + 4 * tid);
+        sBytes = tid < Cfg::kBN ? (sOk ? 4 : 0) : -1;
+    }
+
+    // Next k-tile into the stage at shared address `stage`; `group` = its weight group (grouped only).
+    template <bool kGrouped>
+    __device__ __forceinline__ void issue(uint32_t stage, int group)
+    {
+        if (aFull)
+        {
+#pragma unroll
+            for (int it = 0; it < kAIters; ++it)
+            {
+                ptx::cpAsync4(stage + aDst + uint32_t(frag::aCopyDelta(kAStep, it)), aBase + aOff[it], 4);
+            }
+        }
+        else
+        {
+#pragma unroll
+            for (int it = 0; it < kAIters; ++it)
+            {
+                ptx::cpAsync4(stage + aDst + uint32_t(frag::aCopyDelta(kAStep, it)), aBase + aOff[it],
+                    (aValid >> it) & 1u ? 4 : 0);
+            }
+        }
+        aBase += frag::kBK;
+#pragma unroll
+        for (int it = 0; it < kBIters; ++it)
+        {
+            ptx::cpAsync16(stage + bDst[it], bSrc[it], bBytes[it]);
+            bSrc[it] += kRowBytes;
+        }
+        if constexpr (kGrouped)
+        {
+            if (sBytes >= 0)
+            {
+                ptx::cpAsync4(stage + sDst, sSrc + group, sBytes);
+            }
         }
     }
-}
+};
 
 template <class Cfg>
 __device__ __forceinline__ void loadLoraTiles(char* smem, GemmParams const& p, int m0, int n0)
@@ -150,18 +205,19 @@ __device__ __forceinline__ void computeStage(
     char const* stage, int32_t (&acc)[Cfg::kMI][Cfg::kNI][4], int warpM, int warpN, int lane)
 {
     constexpr int kBits = Cfg::kBits;
-    uint32_t a[Cfg::kMI][2][4];
+    uint32_t a[Cfg::kMI][2][4]; // [mi][mma s] = {a0, a1, a2, a3}
 #pragma unroll
     for (int mi = 0; mi < Cfg::kMI; ++mi)
     {
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
+        for (int s = 0; s < 2; ++s)
         {
-            uint4 const v = *reinterpret_cast<uint4 const*>(stage + frag::aSpanOffset(warpM * Cfg::kWM + mi * 16, lane, h));
-            a[mi][h][0] = v.x;
-            a[mi][h][1] = v.y;
-            a[mi][h][2] = v.z;
-            a[mi][h][3] = v.w;
+            uint4 const v = *reinterpret_cast<uint4 const*>(
+                stage + frag::aFragOffset(warpM * Cfg::kMI + mi, s, lane));
+            a[mi][s][0] = v.x;
+            a[mi][s][1] = v.y;
+            a[mi][s][2] = v.z;
+            a[mi][s][3] = v.w;
         }
     }
     uint32_t b[Cfg::kNI][4];
@@ -191,12 +247,10 @@ __device__ __forceinline__ void computeStage(
 #pragma unroll
         for (int mi = 0; mi < Cfg::kMI; ++mi)
         {
-            uint32_t const af[4] = {a[mi][0][frag::spanReg(s, 0)], a[mi][1][frag::spanReg(s, 0)],
-                a[mi][0][frag::spanReg(s, 1)], a[mi][1][frag::spanReg(s, 1)]};
 #pragma unroll
             for (int ni = 0; ni < Cfg::kNI; ++ni)
             {
-                ptx::mmaS8(acc[mi][ni], af, b[ni][frag::spanReg(s, 0)], b[ni][frag::spanReg(s, 1)]);
+                ptx::mmaS8(acc[mi][ni], a[mi][s], b[ni][frag::spanReg(s, 0)], b[ni][frag::spanReg(s, 1)]);
             }
         }
     }
@@ -249,7 +303,7 @@ __device__ __forceinline__ void storePair(void* out, size_t idx, float v0, float
 // ---------------------------------------------------------------------------------------------------------------
 // Kernel
 // ---------------------------------------------------------------------------------------------------------------
-template <class Cfg, OutKind kOut>
+template <class Cfg, OutKind kOut, bool kGrouped>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) gemmSm80Kernel(GemmParams const p)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -267,8 +321,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) gemmSm80Kernel(GemmParams co
     int const n0 = blockIdx.x * Cfg::kBN;
     int const kTiles = p.K / frag::kBK;
     constexpr bool kEpilogue = kOut != OutKind::kInt32;
-    bool const grouped = kEpilogue && p.numGroups > 1;
-    int const tilesPerGroup = kTiles / p.numGroups;
+    static_assert(kEpilogue || !kGrouped, "the INT32 hook has no weight groups");
+    constexpr bool grouped = kGrouped;
+    int const tilesPerGroup = kGrouped ? kTiles / p.numGroups : kTiles;
     bool const lora = kEpilogue && p.rank > 0;
 
     // Prologue: LoRA tiles join the first commit group, so the main loop's first wait covers them.
@@ -276,18 +331,28 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) gemmSm80Kernel(GemmParams co
     {
         loadLoraTiles<Cfg>(smem, p, m0, n0);
     }
+    uint32_t const smemBase = ptx::smemAddr(smem);
+    CopyPlan<Cfg> plan;
+    plan.init(p, m0, n0, tid);
+    int loadGroup = 0;       // weight group of the next tile to load
+    int loadInGroup = 0;     // its index inside the group
 #pragma unroll
     for (int s = 0; s < Cfg::kStages - 1; ++s)
     {
         if (s < kTiles)
         {
-            loadStage<Cfg>(smem + s * Cfg::kStageBytes, p, m0, n0, s, grouped, tilesPerGroup);
+            plan.template issue<kGrouped>(smemBase + s * Cfg::kStageBytes, loadGroup);
+            if (++loadInGroup == tilesPerGroup)
+            {
+                loadInGroup = 0;
+                ++loadGroup;
+            }
         }
         ptx::cpAsyncCommit();
     }
 
     int32_t acc[MI][NI][4];
-    float facc[MI][NI][4];
+    float facc[MI][NI][4]; // per-group: running sum over groups; per-channel: filled after the main loop
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
@@ -296,28 +361,41 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) gemmSm80Kernel(GemmParams co
             for (int i = 0; i < 4; ++i)
             {
                 acc[mi][ni][i] = 0;
-                facc[mi][ni][i] = 0.f;
+                if constexpr (kGrouped)
+                {
+                    facc[mi][ni][i] = 0.f;
+                }
             }
 
+    int readStage = 0;
+    int writeStage = Cfg::kStages - 1;
+    int foldCountdown = tilesPerGroup;
     for (int kt = 0; kt < kTiles; ++kt)
     {
         ptx::cpAsyncWait<Cfg::kStages - 2>();
         __syncthreads(); // tile kt visible to all; every warp is done with tile kt - 1, whose slot is refilled next
-        int const next = kt + Cfg::kStages - 1;
-        if (next < kTiles)
+        if (kt + Cfg::kStages - 1 < kTiles)
         {
-            loadStage<Cfg>(smem + (next % Cfg::kStages) * Cfg::kStageBytes, p, m0, n0, next, grouped, tilesPerGroup);
-        }
-        ptx::cpAsyncCommit();
-        char const* stage = smem + (kt % Cfg::kStages) * Cfg::kStageBytes;
-        computeStage<Cfg>(stage, acc, warpM, warpN, lane);
-        if constexpr (kEpilogue)
-        {
-            if (grouped && (kt + 1) % tilesPerGroup == 0)
+            plan.template issue<kGrouped>(smemBase + writeStage * Cfg::kStageBytes, loadGroup);
+            if (++loadInGroup == tilesPerGroup)
             {
-                foldGroup<Cfg>(stage, acc, facc, warpN, lane);
+                loadInGroup = 0;
+                ++loadGroup;
             }
         }
+        ptx::cpAsyncCommit();
+        char const* stage = smem + readStage * Cfg::kStageBytes;
+        computeStage<Cfg>(stage, acc, warpM, warpN, lane);
+        if constexpr (kGrouped)
+        {
+            if (--foldCountdown == 0)
+            {
+                foldGroup<Cfg>(stage, acc, facc, warpN, lane);
+                foldCountdown = tilesPerGroup;
+            }
+        }
+        readStage = readStage + 1 == Cfg::kStages ? 0 : readStage + 1;
+        writeStage = writeStage + 1 == Cfg::kStages ? 0 : writeStage + 1;
     }
     ptx::cpAsyncWait<0>();
     __syncthreads();
@@ -349,7 +427,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) gemmSm80Kernel(GemmParams co
     else
     {
         // Per-channel: one product per element, exactly the reference's float(acc) * w_scale.
-        if (!grouped)
+        if constexpr (!kGrouped)
         {
 #pragma unroll
             for (int ni = 0; ni < NI; ++ni)
@@ -458,12 +536,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) gemmSm80Kernel(GemmParams co
 // ---------------------------------------------------------------------------------------------------------------
 // Launcher
 // ---------------------------------------------------------------------------------------------------------------
-template <class Cfg, OutKind kOut>
+template <class Cfg, OutKind kOut, bool kGrouped>
 cudaError_t launchConfig(GemmParams const& p, cudaStream_t stream)
 {
     int const rank = kOut == OutKind::kInt32 ? 0 : p.rank;
     size_t const smem = Cfg::smemBytes(rank);
-    auto kernel = gemmSm80Kernel<Cfg, kOut>;
+    auto kernel = gemmSm80Kernel<Cfg, kOut, kGrouped>;
     if (smem > 48 * 1024)
     {
         cudaError_t const e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -487,11 +565,22 @@ cudaError_t launchConfig(GemmParams const& p, cudaStream_t stream)
 template <int kBits, OutKind kOut>
 cudaError_t launchGemmSm80(GemmParams const& p, Sm80Tile tile, cudaStream_t stream)
 {
-    if (tile == Sm80Tile::kLarge)
+    bool const large = tile == Sm80Tile::kLarge;
+    if constexpr (kOut == OutKind::kInt32)
     {
-        return sm80::launchConfig<sm80::LargeConfig<kBits>, kOut>(p, stream);
+        return large ? sm80::launchConfig<sm80::LargeConfig<kBits>, kOut, false>(p, stream)
+                     : sm80::launchConfig<sm80::SmallConfig<kBits>, kOut, false>(p, stream);
     }
-    return sm80::launchConfig<sm80::SmallConfig<kBits>, kOut>(p, stream);
+    else if (p.numGroups > 1)
+    {
+        return large ? sm80::launchConfig<sm80::LargeConfig<kBits>, kOut, true>(p, stream)
+                     : sm80::launchConfig<sm80::SmallConfig<kBits>, kOut, true>(p, stream);
+    }
+    else
+    {
+        return large ? sm80::launchConfig<sm80::LargeConfig<kBits>, kOut, false>(p, stream)
+                     : sm80::launchConfig<sm80::SmallConfig<kBits>, kOut, false>(p, stream);
+    }
 }
 
 } // namespace ditas

@@ -20,10 +20,15 @@ __device__ __forceinline__ void cpAsync16(void* smem, void const* gmem, int srcB
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smemAddr(smem)), "l"(gmem), "r"(srcBytes));
 }
 
-// 4-byte global -> shared copy (through L1); srcBytes 0 writes zeros.
-__device__ __forceinline__ void cpAsync4(void* smem, void const* gmem, int srcBytes)
+__device__ __forceinline__ void cpAsync16(uint32_t smem, void const* gmem, int srcBytes)
 {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smemAddr(smem)), "l"(gmem), "r"(srcBytes));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(srcBytes));
+}
+
+// 4-byte global -> shared copy (through L1); srcBytes 0 writes zeros.
+__device__ __forceinline__ void cpAsync4(uint32_t smem, void const* gmem, int srcBytes)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem), "l"(gmem), "r"(srcBytes));
 }
 
 __device__ __forceinline__ void cpAsyncCommit()

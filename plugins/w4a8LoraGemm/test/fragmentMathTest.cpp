@@ -125,9 +125,30 @@ void testMainLoop(int BM, int BN, int warpsM, int warpsN, unsigned seed)
     for (auto& v : W)
         v = kBits == 4 ? int8_t(int(rng() % 16) - 8) : int8_t(int(rng() % 256) - 128);
 
-    // Shared stage exactly as the cp.async loader writes it: linear rows, A then B.
+    // Shared stage exactly as the cp.async loader writes it: A in fragment order (4-byte words), B linear rows.
     std::vector<uint8_t> aTile(BM * kBK), bTile(BN * bRowBytes<kBits>());
-    std::memcpy(aTile.data(), A.data(), A.size());
+    {
+        std::vector<int> hit(BM * kBK / 4, 0);
+        for (int r = 0; r < BM; ++r)
+            for (int w = 0; w < kAWordsPerRow; ++w)
+            {
+                int const dst = aWordDst(r, w);
+                CHECK(dst % 4 == 0 && dst >= 0 && dst < BM * kBK, "aWordDst(%d, %d) = %d out of the tile", r, w, dst);
+                ++hit[dst / 4];
+                std::memcpy(aTile.data() + dst, A.data() + r * kBK + 4 * w, 4);
+            }
+        for (int i = 0; i < BM * kBK / 4; ++i)
+            CHECK(hit[i] == 1, "A word slot %d written %d times", i, hit[i]);
+        // the copy plan of CopyPlan::init / issue: thread tid, iteration it
+        int const threads = warpsM * warpsN * 32, step = threads / kAWordsPerRow;
+        for (int tid = 0; tid < threads; ++tid)
+            for (int it = 0; it < BM / step; ++it)
+            {
+                int const row = tid / kAWordsPerRow + it * step, w = tid % kAWordsPerRow;
+                CHECK(aWordDst(tid / kAWordsPerRow, w) + aCopyDelta(step, it) == aWordDst(row, w),
+                    "A copy plan tid %d it %d", tid, it);
+            }
+    }
     for (int n = 0; n < BN; ++n)
     {
         for (int k = 0; k < kBK; ++k)
@@ -166,17 +187,17 @@ void testMainLoop(int BM, int BN, int warpsM, int warpsN, unsigned seed)
     {
         int const warpM = warp / warpsN, warpN = warp % warpsN;
         // per lane registers
-        std::vector<std::vector<std::vector<uint32_t>>> a(32), b(32); // a[lane][mi*2+half][j], b[lane][ni][j]
+        std::vector<std::vector<std::vector<uint32_t>>> a(32), b(32); // a[lane][mi*2+s][reg], b[lane][ni][j]
         std::vector<int> ldsA, ldsB;
         for (int lane = 0; lane < 32; ++lane)
         {
             a[lane].assign(MI * 2, std::vector<uint32_t>(4));
             b[lane].assign(NI, std::vector<uint32_t>(4));
             for (int mi = 0; mi < MI; ++mi)
-                for (int h = 0; h < 2; ++h)
+                for (int s = 0; s < 2; ++s)
                 {
-                    int const off = aSpanOffset(warpM * WM + mi * 16, lane, h);
-                    std::memcpy(a[lane][mi * 2 + h].data(), aTile.data() + off, 16);
+                    int const off = aFragOffset(warpM * MI + mi, s, lane);
+                    std::memcpy(a[lane][mi * 2 + s].data(), aTile.data() + off, 16);
                 }
             for (int ni = 0; ni < NI; ++ni)
             {
@@ -196,12 +217,12 @@ void testMainLoop(int BM, int BN, int warpsM, int warpsN, unsigned seed)
         }
         // bank conflicts of the fragment loads (lane addresses of one instruction)
         for (int mi = 0; mi < MI; ++mi)
-            for (int h = 0; h < 2; ++h)
+            for (int s = 0; s < 2; ++s)
             {
                 std::vector<int> addr(32);
                 for (int lane = 0; lane < 32; ++lane)
-                    addr[lane] = aSpanOffset(warpM * WM + mi * 16, lane, h);
-                CHECK(conflictFree(addr, 16), "A LDS.128 bank conflict mi %d h %d", mi, h);
+                    addr[lane] = aFragOffset(warpM * MI + mi, s, lane);
+                CHECK(conflictFree(addr, 16), "A LDS.128 bank conflict mi %d s %d", mi, s);
             }
         for (int ni = 0; ni < NI; ++ni)
         {
@@ -222,8 +243,7 @@ void testMainLoop(int BM, int BN, int warpsM, int warpsN, unsigned seed)
                     for (int lane = 0; lane < 32; ++lane)
                     {
                         int const g = lane >> 2, q = lane & 3;
-                        uint32_t const af[4] = {a[lane][mi * 2 + 0][spanReg(s, 0)], a[lane][mi * 2 + 1][spanReg(s, 0)],
-                            a[lane][mi * 2 + 0][spanReg(s, 1)], a[lane][mi * 2 + 1][spanReg(s, 1)]};
+                        uint32_t const* af = a[lane][mi * 2 + s].data(); // one LDS.128 = {a0, a1, a2, a3}
                         uint32_t const bf[2] = {b[lane][ni][spanReg(s, 0)], b[lane][ni][spanReg(s, 1)]};
                         for (int j = 0; j < 4; ++j)
                             for (int i = 0; i < 4; ++i)
