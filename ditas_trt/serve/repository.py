@@ -323,13 +323,19 @@ def _source_name(src: DenoiserSource) -> str:
     return src.path.name
 
 
+LINK_BYTES = 256 * 2**20  # files this large are hard-linked when on the same filesystem (DiT-XL/2 checkpoints)
+
+
 def _place(src: Path, dst: Path) -> None:
-    """Hard-link when possible (checkpoints are large), else copy."""
+    """Copy; hard-link large files when possible (the source must then not be edited in place)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    if src.stat().st_size >= LINK_BYTES:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
 
 
 def _copy_source(src: DenoiserSource, version_dir: Path) -> list[Path]:
@@ -485,6 +491,7 @@ def write_repository(opts: RepoOptions) -> tuple[Path, dict]:
                                  "replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the repository from a server running as another user
     try:
         version = tmp / DENOISER / "1"
         version.mkdir(parents=True)
