@@ -90,27 +90,15 @@ inline cudaError_t toCuda(cutlass::Status s)
 
 } // namespace sm90
 
-template <>
-cudaError_t launchGemmSm90<DITAS_SM90_BITS>(GemmParams const& p, int smCount, cudaStream_t stream)
+namespace sm90
 {
-    using Gemm = sm90::Gemm;
-    using Kernel = sm90::Kernel;
-    using ElementW = sm90::ElementW;
-    if (p.numGroups != 1 || p.rank != 0)
-    {
-        return cudaErrorInvalidValue;
-    }
-    int device = 0;
-    cudaError_t e = cudaGetDevice(&device);
-    if (e != cudaSuccess)
-    {
-        return e;
-    }
-    auto const strideW = cutlass::make_cute_packed_stride(typename Kernel::StrideA{}, cute::make_shape(p.N, p.K, 1));
-    auto const strideX = cutlass::make_cute_packed_stride(typename Kernel::StrideB{}, cute::make_shape(p.M, p.K, 1));
-    auto const strideY = cutlass::make_cute_packed_stride(typename Kernel::StrideD{}, cute::make_shape(p.N, p.M, 1));
-
-    typename Gemm::Arguments args{};
+// CUTLASS arguments of one call (host only; no CUDA call), shared by the launcher and host-side probes.
+inline Gemm::Arguments makeArguments(GemmParams const& p, int device, int smCount)
+{
+    auto const strideW = cutlass::make_cute_packed_stride(Kernel::StrideA{}, cute::make_shape(p.N, p.K, 1));
+    auto const strideX = cutlass::make_cute_packed_stride(Kernel::StrideB{}, cute::make_shape(p.M, p.K, 1));
+    auto const strideY = cutlass::make_cute_packed_stride(Kernel::StrideD{}, cute::make_shape(p.N, p.M, 1));
+    Gemm::Arguments args{};
     args.mode = cutlass::gemm::GemmUniversalMode::kGemm;
     args.problem_shape = {p.N, p.M, p.K, 1};
     args.mainloop.ptr_A = static_cast<ElementW const*>(p.weight);
@@ -121,7 +109,7 @@ cudaError_t launchGemmSm90<DITAS_SM90_BITS>(GemmParams const& p, int smCount, cu
     args.epilogue.dC = strideY;
     args.epilogue.ptr_D = static_cast<cutlass::half_t*>(p.out);
     args.epilogue.dD = strideY;
-    // Visitor-tree arguments: {children..., op}; see GemmType::Evt.
+    // Visitor-tree arguments: {children..., op}; see Evt.
     args.epilogue.thread = {
         {                                                          // (acc * w_scale) * s_x
             {{}, {p.wScale, 0.f, {}}, {}},                         //   acc * w_scale
@@ -131,7 +119,25 @@ cudaError_t launchGemmSm90<DITAS_SM90_BITS>(GemmParams const& p, int smCount, cu
         {}};
     args.hw_info.device_id = device;
     args.hw_info.sm_count = smCount;
+    return args;
+}
+} // namespace sm90
 
+template <>
+cudaError_t launchGemmSm90<DITAS_SM90_BITS>(GemmParams const& p, int smCount, cudaStream_t stream)
+{
+    using Gemm = sm90::Gemm;
+    if (p.numGroups != 1 || p.rank != 0)
+    {
+        return cudaErrorInvalidValue;
+    }
+    int device = 0;
+    cudaError_t const e = cudaGetDevice(&device);
+    if (e != cudaSuccess)
+    {
+        return e;
+    }
+    typename Gemm::Arguments args = sm90::makeArguments(p, device, smCount);
     Gemm gemm;
     cutlass::Status s = gemm.can_implement(args);
     if (s != cutlass::Status::kSuccess)
