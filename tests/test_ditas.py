@@ -364,3 +364,17 @@ def test_trajectory_cache_is_reused(tiny_dit, tmp_path):
         changed.blocks[0].mlp.fc1.weight[0, 0] += 1
     assert not load_or_record(changed, settings, tmp_path, progress=False).reused
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
+
+
+def test_input_cache_budget_splits_replays_without_changing_results(tiny_dit):
+    from ditas_trt.quant.ditas import quantize_dit
+
+    outputs, passes = [], []
+    for cache_mb in (16, 4096):  # 16 MiB cannot hold every layer's inputs at 4096 rows per timestep
+        recipe = QuantRecipe(**{**FAST, "alpha_grid": (0.2, 0.6), "lowrank": 0, "tokens_per_step": 4096, "cache_mb": cache_mb})
+        result = quantize_dit(copy.deepcopy(tiny_dit), recipe, CalibrationSettings(**SETTINGS), progress=False)
+        passes.append(result.report["timings"]["calib_passes"])
+        with torch.no_grad():
+            outputs.append(result.model(*_inputs()))
+    assert passes[0] > 1 and passes[1] == 1
+    assert torch.equal(outputs[0], outputs[1])
