@@ -14,7 +14,6 @@ separately).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from dataclasses import dataclass

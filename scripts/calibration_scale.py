@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
