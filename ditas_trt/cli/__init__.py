@@ -1,4 +1,4 @@
-"""`ditas-trt` command line: one module per subcommand, imported only when that subcommand runs."""
+"""`ditas-trt` command line: one module per subcommand; each keeps its heavy imports (ModelOpt, TensorRT) inside functions."""
 from __future__ import annotations
 
 import argparse
