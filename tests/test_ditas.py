@@ -367,14 +367,20 @@ def test_trajectory_cache_is_reused(tiny_dit, tmp_path):
 
 
 def test_input_cache_budget_splits_replays_without_changing_results(tiny_dit):
-    from ditas_trt.quant.ditas import quantize_dit
+    from ditas_trt.quant.calibration import replay_loop
+    from ditas_trt.quant.ditas import quantize
+    from ditas_trt.quant.mode import REPORT_ATTR
 
+    traj = load_or_record(tiny_dit, CalibrationSettings(**SETTINGS), None, progress=False)
     outputs, passes = [], []
     for cache_mb in (16, 4096):  # 16 MiB cannot hold every layer's inputs at 4096 rows per timestep
         recipe = QuantRecipe(**{**FAST, "alpha_grid": (0.2, 0.6), "lowrank": 0, "tokens_per_step": 4096, "cache_mb": cache_mb})
-        result = quantize_dit(copy.deepcopy(tiny_dit), recipe, CalibrationSettings(**SETTINGS), progress=False)
-        passes.append(result.report["timings"]["calib_passes"])
+        config = recipe.to_modelopt()
+        # a quantizer outside DiTAS upstream of every block: every replay pass must still see FP inputs
+        config["quant_cfg"].append({"quantizer_name": "*t_embedder.mlp.0.input_quantizer", "cfg": {"num_bits": 8, "axis": None}})
+        model = quantize(copy.deepcopy(tiny_dit), config, replay_loop(traj, progress=False))
+        passes.append(getattr(model, REPORT_ATTR)["timings"]["passes"])
         with torch.no_grad():
-            outputs.append(result.model(*_inputs()))
+            outputs.append(model(*_inputs()))
     assert passes[0] > 1 and passes[1] == 1
     assert torch.equal(outputs[0], outputs[1])

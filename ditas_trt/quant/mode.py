@@ -151,7 +151,7 @@ class _Plan:
 
 
 @contextlib.contextmanager
-def _quantizers_disabled(model, modules):
+def _quantizers_disabled(modules):
     quantizers = [q for m in modules for q in m.modules() if isinstance(q, TensorQuantizer) and q.is_enabled]
     for q in quantizers:
         q.disable()
@@ -216,7 +216,7 @@ def ditas_calibrate(
     if lowrank:
         with contextlib.redirect_stdout(io.StringIO()):
             create_and_replace_svdquant_linear_on_the_fly(model)
-    targets, others = {}, []
+    targets = {}
     for name, module in model.named_modules():
         if not is_quantized_linear(module) or not module.weight_quantizer.is_enabled:
             continue
@@ -228,8 +228,6 @@ def ditas_calibrate(
             if act_mode is not None and fmt_.act_mode != act_mode:
                 raise DitasError(f"{name}: quant_cfg quantizes activations {fmt_.act_mode}, the algorithm expects {act_mode}")
             targets[name] = (module, fmt_)
-        else:
-            others.append(module)
     if not targets:
         raise DitasError("no quantized linear has both a weight and an INT8 input quantizer enabled (check quant_cfg "
                          "and the algorithm's layer patterns)")
@@ -255,13 +253,14 @@ def ditas_calibrate(
             if pass_index == 0 or name in group:
                 hooks.append(module.register_forward_pre_hook(recorders[name]))
         try:
-            with _quantizers_disabled(model, target_modules):
-                if pass_index == 0:  # FP replay; quantizers outside DiTAS are max-calibrated in the same pass
-                    with contextlib.redirect_stdout(io.StringIO()):
-                        max_calibrate(model, forward_loop)
-                else:
-                    with _quantizers_disabled(model, others):
-                        forward_loop(model)
+            # Every replay is FP: the first max-calibrates the quantizers outside DiTAS (they pass values through
+            # while collecting), later ones run with every quantizer off, so they see exactly what the first saw.
+            if pass_index == 0:
+                with _quantizers_disabled(target_modules), contextlib.redirect_stdout(io.StringIO()):
+                    max_calibrate(model, forward_loop)
+            else:
+                with _quantizers_disabled([model]):
+                    forward_loop(model)
         finally:
             for hook in hooks:
                 hook.remove()
