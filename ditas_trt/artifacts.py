@@ -23,7 +23,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual permissions
+    os.chmod(tmp, artifact_mode())  # mkstemp makes 0600
     try:
         yield tmp
         os.replace(tmp, path)
@@ -31,10 +31,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _umask() -> int:
+def artifact_mode() -> int:
+    """The usual file permissions (0666 less the umask): plans and graphs are read by Triton or Docker as another user."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

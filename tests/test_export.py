@@ -148,6 +148,22 @@ def test_fp16_graph_runs_in_onnxruntime(tiny_dit, tmp_path):
     assert _rel(_run(result.path, x, t, y), tiny_dit(x, t, y).detach().numpy()) < FP16_GRAPH_RTOL
 
 
+def test_large_graph_weights_go_to_a_data_file(tiny_dit, tmp_path, monkeypatch):
+    """Past protobuf's 2 GB the weights live in <name>.onnx.data; a re-export replaces it (onnx refuses to)."""
+    import ditas_trt.export as export
+
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    out = tmp_path / "xl.onnx"
+    sizes = []
+    for _ in range(2):
+        export_onnx(None, "fp16", out, dtype="fp32", torch_model=tiny_dit)
+        sizes.append((tmp_path / "xl.onnx.data").stat().st_size)
+    assert sizes[0] == sizes[1] > 0 and out.stat().st_size < sizes[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["xl.onnx", "xl.onnx.data", "xl.onnx.json"]
+    x, t, y = _inputs(tiny_dit.config, 2)
+    assert _rel(_run(out, x, t, y), tiny_dit(x, t, y).detach().numpy()) < FP32_GRAPH_RTOL
+
+
 def test_export_refuses_wrong_source(quantized_dir, tiny_dit, tmp_path):
     with pytest.raises(DitasError, match="quantized folder"):
         export_onnx(quantized_dir, "fp16", tmp_path / "x.onnx")

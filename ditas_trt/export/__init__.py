@@ -14,6 +14,8 @@ All graphs: opset 21, inputs ``x`` float32 [batch, C, H, W], ``t`` float32 [batc
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ditas_trt.artifacts import atomic_path, environment_versions, file_sha256, sidecar_path, write_json_atomic
+from ditas_trt.artifacts import (artifact_mode, atomic_path, environment_versions, file_sha256, sidecar_path,
+                                 write_json_atomic)
 from ditas_trt.errors import DitasError
 
 KINDS = ("plugin", "qdq", "fp16")
@@ -85,17 +88,39 @@ def _structure(model_proto, kind: str, quantized_layers: int) -> dict:
     return dict(sorted(ops.items()))
 
 
-def _save(model_proto, path: Path) -> None:
+def _check(model, kind: str) -> None:
+    """onnx.checker on a ModelProto or, for one past protobuf's 2 GB limit, on its saved file."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model, full_check=kind != "plugin")  # shape inference cannot see inside the plugin
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise DitasError(f"exported {kind} graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
+
+
+def _save(model_proto, path: Path, kind: str) -> None:
+    """Check, then write ``path`` atomically; past :data:`EXTERNAL_DATA_BYTES` of weights (DiT-XL in fp32) the
+    weights go to ``<name>.onnx.data`` beside it, both written in a temporary folder and renamed into place."""
     import onnx
 
     size = sum(len(t.raw_data) for t in model_proto.graph.initializer)
-    with atomic_path(path) as tmp:
-        if size > EXTERNAL_DATA_BYTES:  # DiT-XL in fp32: weights next to the graph, in <name>.onnx.data
-            data = path.with_name(path.name + ".data")
-            onnx.save_model(model_proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data.name, size_threshold=1024)
-        else:
+    if size <= EXTERNAL_DATA_BYTES:
+        _check(model_proto, kind)
+        with atomic_path(path) as tmp:
             onnx.save_model(model_proto, str(tmp))
+        return
+    data = path.with_name(path.name + ".data")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as folder:
+        tmp = Path(folder) / path.name
+        # written fresh in the temporary folder: onnx refuses to write over an existing data file
+        onnx.save_model(model_proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        _check(str(tmp), kind)
+        for written in (tmp.with_name(data.name), tmp):
+            written.chmod(artifact_mode())  # onnx writes the data file 0600
+        os.replace(tmp.with_name(data.name), data)
+        os.replace(tmp, path)
 
 
 def export_onnx(
@@ -108,8 +133,6 @@ def export_onnx(
     torch_model=None,
 ) -> ExportResult:
     """Export ``source`` (a quantized folder or an FP checkpoint; or ``torch_model`` directly) to ``out``."""
-    import onnx
-
     from ditas_trt.export import plugin_spec
     from ditas_trt.export.graph import IR_VERSION, OPSET, build_dit_graph, make_model
     from ditas_trt.export.linears import EMITTERS
@@ -142,12 +165,8 @@ def export_onnx(
     }
     extra = {plugin_spec.DOMAIN: 1} if kind == "plugin" else None
     proto = make_model(graph, extra, metadata)
-    try:
-        onnx.checker.check_model(proto, full_check=kind != "plugin")  # shape inference cannot see inside the plugin
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise DitasError(f"exported {kind} graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
     ops = _structure(proto, kind, len(layers))
-    _save(proto, out)
+    _save(proto, out, kind)
 
     source_file = None
     if torch_model is None and source is not None:
