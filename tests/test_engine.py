@@ -292,6 +292,41 @@ def test_engine_compat_checks():
     assert md.normalize_target("sm_90a") == "9.0" and md.normalize_target("120") == "12.0"
 
 
+def test_runner_binds_the_context_to_the_batch_whose_graph_replays():
+    """One execution context serves every captured batch size; replaying batch 1 after batch 4 rebinds it to 1."""
+    from ditas_trt.engine.runtime import EngineRunner
+
+    class Context:
+        batch = None
+
+        def set_input_shape(self, name, shape):
+            self.batch = shape[0]
+            return True
+
+        def set_tensor_address(self, name, address):
+            pass
+
+    replays = []
+
+    class Graph:
+        def __init__(self, batch):
+            self.batch = batch
+
+        def replay(self):
+            replays.append((self.batch, runner.context.batch))
+
+    runner = EngineRunner.__new__(EngineRunner)  # the bookkeeping only: no plan, no GPU
+    runner.plan, runner.device, runner.context, runner.cuda_graphs = Path("x.plan"), torch.device("cpu"), Context(), True
+    runner.meta = {**_meta(), "inputs": {"x": {"shape": [-1, 1, 4, 4]}, "t": {"shape": [-1]}, "y": {"shape": [-1]}},
+                   "outputs": {"out": {"shape": [-1, 2, 4, 4]}}}
+    runner.dtypes = {"x": torch.float32, "t": torch.float32, "y": torch.int32, "out": torch.float32}
+    runner._buffers, runner._graphs, runner._shape_batch = {}, {}, None
+    runner._capture = Graph
+    for batch in (1, 4, 1, 1):
+        runner(torch.zeros(batch, 1, 4, 4), torch.zeros(batch), torch.zeros(batch, dtype=torch.long))
+    assert replays == [(1, 1), (4, 4), (1, 1), (1, 1)]
+
+
 def test_sample_with_engine_refuses_clearly(fp16_engine, tmp_path):
     res = run_cli("sample", "--engine", fp16_engine.plan, "--batch-size", "64", "--out", tmp_path)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "outside the engine profile" in res.stderr
@@ -328,7 +363,7 @@ def test_engine_matches_torch_on_gpu(kind, onnx_files, tmp_path):
     gen = torch.Generator().manual_seed(0)
     for cuda_graphs in (False, True):
         runner = EngineRunner(plan, cuda_graphs=cuda_graphs)
-        for batch in (1, 7, 32):
+        for batch in (1, 7, 32, 1):  # back to batch 1: its graph replays after the context ran batch 32
             x = torch.randn(batch, 1, 16, 16, generator=gen)
             t = torch.randint(0, 1000, (batch,), generator=gen)
             y = torch.randint(0, 11, (batch,), generator=gen)

@@ -115,9 +115,9 @@ class EngineRunner:
             raise DitasError(f"{self.plan}: enqueue failed: {self.logger.last_error()}")
 
     def _capture(self, batch: int):
+        """Capture ``batch``'s graph (the context is bound to ``batch``); None, and graphs off, if TensorRT refuses."""
         import torch
 
-        self._bind(batch)
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
@@ -140,9 +140,12 @@ class EngineRunner:
         batch = int(x.shape[0])
         md.check_batch(self.meta, batch)
         bufs = self._buffers_for(batch)
-        bufs["x"].copy_(x.to(device=self.device, dtype=self.dtypes["x"]).reshape(bufs["x"].shape))
-        bufs["t"].copy_(t.to(device=self.device, dtype=self.dtypes["t"]).reshape(bufs["t"].shape))
-        bufs["y"].copy_(y.to(device=self.device, dtype=self.dtypes["y"]).reshape(bufs["y"].shape))
+        for name, value in zip(INPUTS, (x, t, y)):
+            bufs[name].copy_(value.to(device=self.device, dtype=self.dtypes[name]).reshape(bufs[name].shape))
+        # One context serves every batch size, so it is bound to this batch before a graph replays too (as Triton's
+        # TensorRT backend does): the shapes it holds are those of the last batch bound, not of the graph.
+        if self._shape_batch != batch:
+            self._bind(batch)
         if self.cuda_graphs and batch not in self._graphs:
             graph = self._capture(batch)
             if graph is not None:
@@ -150,8 +153,6 @@ class EngineRunner:
         if self.cuda_graphs:
             self._graphs[batch].replay()
         else:
-            if self._shape_batch != batch:
-                self._bind(batch)
             self._execute(torch.cuda.current_stream(self.device))
         return bufs[OUTPUT].clone().float()
 
