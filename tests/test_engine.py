@@ -325,6 +325,8 @@ def test_runner_binds_the_context_to_the_batch_whose_graph_replays():
     for batch in (1, 4, 1, 1):
         runner(torch.zeros(batch, 1, 4, 4), torch.zeros(batch), torch.zeros(batch, dtype=torch.long))
     assert replays == [(1, 1), (4, 4), (1, 1), (1, 1)]
+    with pytest.raises(DitasError, match=r"takes x of shape \(batch, 1, 4, 4\), got \(2, 16\)"):
+        runner(torch.zeros(2, 16), torch.zeros(2), torch.zeros(2, dtype=torch.long))  # same numel, not reshaped
 
 
 def test_sample_with_engine_refuses_clearly(fp16_engine, tmp_path):

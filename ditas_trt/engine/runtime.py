@@ -140,6 +140,9 @@ class EngineRunner:
         batch = int(x.shape[0])
         md.check_batch(self.meta, batch)
         bufs = self._buffers_for(batch)
+        if tuple(x.shape[1:]) != tuple(bufs["x"].shape[1:]):
+            raise DitasError(f"{self.plan.name} takes x of shape (batch, {', '.join(map(str, bufs['x'].shape[1:]))}), "
+                             f"got {tuple(x.shape)}")
         for name, value in zip(INPUTS, (x, t, y)):
             bufs[name].copy_(value.to(device=self.device, dtype=self.dtypes[name]).reshape(bufs[name].shape))
         # One context serves every batch size, so it is bound to this batch before a graph replays too (as Triton's
