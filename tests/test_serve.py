@@ -112,6 +112,17 @@ def test_engine_repository_uses_tensorrt_backend_and_plugin(tmp_path):
         TritonServer(out)
 
 
+def test_engine_repository_checks_the_plugin_library(tmp_path):
+    plan, lib = fake_engine(tmp_path)
+    lib.write_bytes(b"rebuilt since")
+    with pytest.raises(DitasError, match="not the plugin library x.plan was built with"):
+        write_repository(RepoOptions(out=str(tmp_path / "repo"), engine=str(plan)))
+    lib.unlink()
+    with pytest.raises(DitasError, match="needs plugin library .* which is missing"):
+        write_repository(RepoOptions(out=str(tmp_path / "repo"), engine=str(plan)))
+    assert not (tmp_path / "repo").exists()
+
+
 def test_rtx_engine_becomes_python_denoiser(tmp_path):
     plan, _ = fake_engine(tmp_path, flavour="tensorrt-rtx", embedded=True)
     out, side = write_repository(RepoOptions(out=str(tmp_path / "repo"), engine=str(plan)))

@@ -84,6 +84,21 @@ def check_batch(meta: dict, batch: int) -> None:
                          f"{meta['artifact']} ({PROFILE_MEANING}); rebuild with --batch or lower --batch-size")
 
 
+def external_plugin_library(meta: dict, plan: Union[str, Path], plugin_lib=None) -> Optional[Path]:
+    """The plugin library a plan loads beside it: None when it has no plugin or embeds it; else ``plugin_lib`` or the
+    recorded path, which must be the library the plan was built with (same sha256)."""
+    plugin = meta.get("plugin")
+    if not plugin or plugin.get("embedded"):
+        return None
+    lib = Path(plugin_lib or plugin["library"])
+    if not lib.is_file():
+        raise DitasError(f"{plan} needs plugin library {lib}, which is missing; pass --plugin-lib")
+    if file_sha256(lib) != plugin["sha256"]:
+        raise DitasError(f"{lib} is not the plugin library {Path(plan).name} was built with (sha256 differs); "
+                         "pass the matching --plugin-lib or rebuild the engine")
+    return lib
+
+
 def supported_compute_capabilities(meta: dict) -> tuple[list[str], bool]:
     """(capabilities, minimum_only): the GPUs the plan was built for; ``minimum_only`` for hardware-compatible plans."""
     targets = meta["targets"]

@@ -39,7 +39,6 @@ class EngineRunner:
                  cuda_graphs: bool = True, verbose: bool = False):
         import torch
 
-        from ditas_trt.artifacts import file_sha256
         from ditas_trt.engine.builder import load_plugin_library
         from ditas_trt.engine.tensorrt import import_tensorrt, make_logger
 
@@ -55,17 +54,10 @@ class EngineRunner:
         self.trt = trt
         self.logger = make_logger(trt, verbose)
         runtime = trt.module.Runtime(self.logger)
-        plugin = self.meta.get("plugin")
-        if plugin and plugin.get("embedded"):
-            if hasattr(runtime, "engine_host_code_allowed"):
-                runtime.engine_host_code_allowed = True  # the plan carries the plugin .so
-        elif plugin:
-            lib = Path(plugin_lib or plugin["library"])
-            if not lib.is_file():
-                raise DitasError(f"{self.plan} needs plugin library {lib}, which is missing; pass --plugin-lib")
-            if file_sha256(lib) != plugin["sha256"]:
-                raise DitasError(f"{lib} is not the plugin library {self.plan.name} was built with (sha256 differs); "
-                                 f"pass the matching --plugin-lib or rebuild the engine")
+        if (self.meta.get("plugin") or {}).get("embedded") and hasattr(runtime, "engine_host_code_allowed"):
+            runtime.engine_host_code_allowed = True  # the plan carries the plugin .so
+        lib = md.external_plugin_library(self.meta, self.plan, plugin_lib)
+        if lib is not None:
             load_plugin_library(trt, lib, self.logger)
         torch.cuda.set_device(self.device)
         self.engine = runtime.deserialize_cuda_engine(self.plan.read_bytes())

@@ -143,7 +143,7 @@ def inspect_source(opts: RepoOptions) -> DenoiserSource:
 
 
 def _engine_source(opts: RepoOptions) -> DenoiserSource:
-    from ditas_trt.engine.metadata import read_engine_sidecar
+    from ditas_trt.engine.metadata import external_plugin_library, read_engine_sidecar
 
     path = Path(opts.engine)
     meta = read_engine_sidecar(path)
@@ -170,14 +170,7 @@ def _engine_source(opts: RepoOptions) -> DenoiserSource:
     if max_batch > profile_max:
         raise DitasError(f"--max-batch {max_batch} exceeds the engine profile max {profile_max} "
                          "(rebuild with `ditas-trt build --batch`)")
-    plugin_lib = None
-    plugin = meta.get("plugin")
-    if plugin and not plugin.get("embedded"):
-        plugin_lib = Path(opts.plugin_lib or plugin["library"])
-        if not plugin_lib.is_file():
-            raise DitasError(f"{path} needs plugin library {plugin_lib}, which is missing; pass --plugin-lib")
-        if file_sha256(plugin_lib) != plugin["sha256"]:
-            raise DitasError(f"{plugin_lib} is not the plugin library {path.name} was built with (sha256 differs)")
+    plugin_lib = external_plugin_library(meta, path, opts.plugin_lib)
     if not meta.get("model_config"):
         raise DitasError(f"{path}: the sidecar has no model_config (not built by `ditas-trt build`)")
     return DenoiserSource(kind="engine", path=path, backend=backend, dit_config=meta["model_config"], io_dtypes=io,
