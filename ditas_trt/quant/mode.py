@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import io
 import time
 import warnings
@@ -189,53 +190,37 @@ def _plan_passes(targets: dict, rows: int, calls: Optional[int], budget: int) ->
 
 
 @torch.no_grad()
-def ditas_calibrate(
-    model,
-    forward_loop=None,
-    alpha_grid=qc.alpha_grid(),
-    smooth: bool = True,
-    timestep_stats: str = "all",
-    stats_step: int = -1,
-    lowrank: int = 32,
-    lora_iters: int = 10,
-    search_lora: str = "cheap",
-    tokens_per_step: int = 64,
-    cache_mb: int = 2048,
-    seed: int = 0,
-    weight_group_size: Optional[int] = None,
-    act_mode: Optional[str] = None,
-    layers=("*",),
-    **unused,
-):
-    """The ``_calib_func`` of the ``ditas`` mode (see the module docstring); every argument is a DitasConfig field."""
+def ditas_calibrate(model, forward_loop=None, **config):
+    """The ``_calib_func`` of the ``ditas`` mode (see the module docstring); ``config``: :class:`DitasConfig` fields."""
+    cfg = DitasConfig(**config)
     if forward_loop is None:
         raise DitasError("DiTAS calibrates on the model's own trajectories: forward_loop is required")
     progress = getattr(forward_loop, "progress", True)  # replay_loop(progress=False) silences the layer bar too
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    if lowrank:
+    if cfg.lowrank:
         with contextlib.redirect_stdout(io.StringIO()):
             create_and_replace_svdquant_linear_on_the_fly(model)
     targets = {}
     for name, module in model.named_modules():
         if not is_quantized_linear(module) or not module.weight_quantizer.is_enabled:
             continue
-        if module.input_quantizer.is_enabled and any(fnmatch.fnmatch(name, p) for p in layers):
-            fmt_ = layer_format(name, module)
-            if weight_group_size is not None and fmt_.group_size != weight_group_size:
-                raise DitasError(f"{name}: quant_cfg quantizes weights with group size {fmt_.group_size}, "
-                                 f"the algorithm expects {weight_group_size}")
-            if act_mode is not None and fmt_.act_mode != act_mode:
-                raise DitasError(f"{name}: quant_cfg quantizes activations {fmt_.act_mode}, the algorithm expects {act_mode}")
-            targets[name] = (module, fmt_)
+        if module.input_quantizer.is_enabled and any(fnmatch.fnmatch(name, p) for p in cfg.layers):
+            layer_fmt = layer_format(name, module)
+            if cfg.weight_group_size is not None and layer_fmt.group_size != cfg.weight_group_size:
+                raise DitasError(f"{name}: quant_cfg quantizes weights with group size {layer_fmt.group_size}, "
+                                 f"the algorithm expects {cfg.weight_group_size}")
+            if cfg.act_mode is not None and layer_fmt.act_mode != cfg.act_mode:
+                raise DitasError(f"{name}: quant_cfg quantizes activations {layer_fmt.act_mode}, "
+                                 f"the algorithm expects {cfg.act_mode}")
+            targets[name] = (module, layer_fmt)
     if not targets:
         raise DitasError("no quantized linear has both a weight and an INT8 input quantizer enabled (check quant_cfg "
                          "and the algorithm's layer patterns)")
-    grid = [float(a) for a in alpha_grid]
-    search = smooth and len(grid) > 1
-    rows = tokens_per_step if search else 0
+    search = cfg.smooth and len(cfg.alpha_grid) > 1
+    rows = cfg.tokens_per_step if search else 0
     calls = getattr(forward_loop, "calls", None)
-    groups = _plan_passes(targets, rows, calls, cache_mb << 20) if search else [list(targets)]
+    groups = _plan_passes(targets, rows, calls, cfg.cache_mb << 20) if search else [list(targets)]
     target_modules = [m for m, _ in targets.values()]
     recorders: dict[str, InputRecorder] = {}
     plans: dict[str, _Plan] = {}
@@ -246,7 +231,8 @@ def ditas_calibrate(
         hooks = []
         for index, (name, (module, _)) in enumerate(targets.items()):
             if pass_index == 0:
-                recorders[name] = InputRecorder(module.in_features, rows if name in group else 0, seed * 100_003 + index)
+                recorders[name] = InputRecorder(module.in_features, rows if name in group else 0,
+                                                cfg.seed * 100_003 + index)
             elif name in group:
                 recorders[name].rows_per_call = rows
                 recorders[name].call_amax.clear()
@@ -266,9 +252,8 @@ def ditas_calibrate(
                 hook.remove()
         timings["replay"] += time.perf_counter() - t0
         for name in group:
-            module, fmt_ = targets[name]
-            plans[name] = _plan_layer(name, module, fmt_, recorders[name], grid, smooth, timestep_stats, stats_step,
-                                      lowrank, lora_iters, search_lora, timings)
+            module, layer_fmt = targets[name]
+            plans[name] = _plan_layer(name, module, layer_fmt, recorders[name], cfg, timings)
             recorders[name].rows.clear()
             layer_bar.update()
     layer_bar.close()
@@ -283,24 +268,25 @@ def ditas_calibrate(
     })
 
 
-def _plan_layer(name, module, fmt_, rec, grid, smooth, timestep_stats, stats_step, lowrank, lora_iters,
-                search_lora, timings) -> _Plan:
+def _plan_layer(name: str, module, layer_fmt: LayerFormat, rec: InputRecorder, cfg: DitasConfig,
+                timings: dict) -> _Plan:
     if rec.calls == 0:
         raise DitasError(f"{name}: no calibration input reached this layer")
     weight = module.weight.detach().float()
     a_all = rec.amax("all")
-    info: dict = {"format": f"W{fmt_.bits}A8 g{fmt_.group_size} {fmt_.act_mode}"}
+    info: dict = {"format": f"W{layer_fmt.bits}A8 g{layer_fmt.group_size} {layer_fmt.act_mode}"}
+    grid = cfg.alpha_grid
     scale = None
-    if smooth:
+    if cfg.smooth:
         try:
-            a_smooth = rec.amax(timestep_stats, stats_step)
+            a_smooth = rec.amax(cfg.timestep_stats, cfg.stats_step)
         except IndexError as exc:
             raise DitasError(f"stats-step: {exc}") from None
         t0 = time.perf_counter()
         if len(grid) > 1:
-            result = search_alpha(rec.inputs(), weight, a_smooth, grid, static_amax=a_all, bits=fmt_.bits,
-                                  group_size=fmt_.group_size, act_mode=fmt_.act_mode, lowrank=lowrank,
-                                  search_lora=search_lora, lora_iters=lora_iters)
+            result = search_alpha(rec.inputs(), weight, a_smooth, grid, static_amax=a_all, bits=layer_fmt.bits,
+                                  group_size=layer_fmt.group_size, act_mode=layer_fmt.act_mode, lowrank=cfg.lowrank,
+                                  search_lora=cfg.search_lora, lora_iters=cfg.lora_iters)
             scale, alpha = result.scale, result.alpha
             info["losses"] = [round(v, 9) for v in result.losses]
             info["relative_loss"] = result.losses[grid.index(alpha)] / max(result.reference_power, 1e-30)
@@ -311,24 +297,25 @@ def _plan_layer(name, module, fmt_, rec, grid, smooth, timestep_stats, stats_ste
         info["alpha"] = alpha
     smoothed = weight * scale[None, :] if scale is not None else weight
     act_amax = None
-    if fmt_.act_mode == "static":
+    if layer_fmt.act_mode == "static":
         act_amax = (a_all / scale).amax() if scale is not None else a_all.amax()
     plan = _Plan(scale=scale, base=smoothed, act_amax=act_amax, info=info)
-    if lowrank:
+    if cfg.lowrank:
         t0 = time.perf_counter()
-        rank = min(lowrank, *weight.shape)
-        result = alternate(smoothed, rank, lora_iters, lambda w: fake_quantize_weights(w, fmt_.bits, fmt_.group_size))
+        rank = min(cfg.lowrank, *weight.shape)
+        quant = functools.partial(fake_quantize_weights, bits=layer_fmt.bits, group_size=layer_fmt.group_size)
+        result = alternate(smoothed, rank, cfg.lora_iters, quant)
         plan.base, plan.lora_l, plan.lora_r = result.base, result.lora_l, result.lora_r
         info["weight_error"] = [round(e, 6) for e in result.errors]
         info["lora_best_iteration"] = result.best_iteration
         timings["lora"] += time.perf_counter() - t0
     else:
-        q = fake_quantize_weights(smoothed, fmt_.bits, fmt_.group_size)
+        q = fake_quantize_weights(smoothed, layer_fmt.bits, layer_fmt.group_size)
         info["weight_error"] = [round(float((smoothed - q).norm() / smoothed.norm().clamp(min=1e-30)), 6)]
     return plan
 
 
-def _apply_plan(module, fmt_: LayerFormat, plan: _Plan) -> None:
+def _apply_plan(module, layer_fmt: LayerFormat, plan: _Plan) -> None:
     dtype = module.weight.dtype
     module.weight.data.copy_(plan.base.to(dtype))
     _calibrate_weight(module)
@@ -336,7 +323,7 @@ def _apply_plan(module, fmt_: LayerFormat, plan: _Plan) -> None:
     if plan.scale is not None:
         iq._enable_pre_quant_scale = True
         iq.pre_quant_scale = (1.0 / plan.scale).to(dtype)
-    if fmt_.act_mode == "static":
+    if layer_fmt.act_mode == "static":
         iq.amax = plan.act_amax.to(dtype).reshape(())
     if plan.lora_l is not None:
         # fp16-representable values: the deployed branch stores fp16 factors (format.lora_down / lora_up)
