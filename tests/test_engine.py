@@ -241,10 +241,16 @@ def test_plugin_version_mismatch_and_bad_field(onnx_files, tmp_path):
     assert not list(tmp_path.glob("*.plan*"))
 
 
-def test_plugin_library_missing_or_foreign(onnx_files, tmp_path):
+def test_plugin_library_missing_or_foreign(onnx_files, tmp_path, monkeypatch):
     import ctypes.util
 
+    from ditas_trt.engine import builder
+
     _rtx()
+    with monkeypatch.context() as m:
+        m.setattr(builder, "default_plugin_library", lambda: None)
+        with pytest.raises(DitasError, match=r"node '.*' \(trt.plugins::W4A8LoraGemm\) needs the plugin library; pass"):
+            build_engine(onnx_files["plugin"], "x", batch=BATCH, out_dir=tmp_path)
     with pytest.raises(DitasError, match="plugin library .* not found; build it"):
         build_engine(onnx_files["plugin"], "x", batch=BATCH, plugin_lib=tmp_path / "nope.so", out_dir=tmp_path)
     foreign = ctypes.util.find_library("z") or ctypes.util.find_library("m")

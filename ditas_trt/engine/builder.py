@@ -111,13 +111,10 @@ def load_plugin_library(trt: TensorRT, path: Path, logger) -> dict:
     return {"library": key, "sha256": file_sha256(path), "bytes": path.stat().st_size, "info": info}
 
 
-def check_plugins_available(trt: TensorRT, onnx_path: Path, nodes, plugin: Optional[dict]) -> None:
+def check_plugins_available(trt: TensorRT, onnx_path: Path, nodes, plugin: dict) -> None:
     """Every custom node must have a registered creator before the parser sees it (the RTX parser aborts otherwise)."""
     registry = trt.module.get_plugin_registry()
     for name, domain, op, version, namespace in nodes:
-        if plugin is None:
-            raise DitasError(f"{onnx_path}: node '{name}' ({domain}::{op}) needs a TensorRT plugin; pass --plugin-lib "
-                             f"({PLUGIN_BUILD_HINT})")
         creator = registry.get_creator(op, version, namespace) or registry.get_creator(op, version, domain)
         if creator is None:
             have = sorted({f"{c.name} v{c.plugin_version}" for c in registry.all_creators if c.name == op})
@@ -251,7 +248,7 @@ def build_engine(
             raise DitasError(f"{onnx_path}: node '{first[0]}' ({first[1]}::{first[2]}) needs the plugin library; "
                              f"pass --plugin-lib ({PLUGIN_BUILD_HINT})")
         plugin = load_plugin_library(trt, lib, logger)
-    check_plugins_available(trt, onnx_path, nodes, plugin)
+        check_plugins_available(trt, onnx_path, nodes, plugin)
 
     network, _parser = _parse(trt, builder, logger, onnx_path)
     summary = _network_summary(trt, network)
