@@ -272,8 +272,6 @@ def build_engine(
         raise DitasError(f"{onnx_path}: {trt.flavour} {trt.version} engine build failed: {logger.last_error()}")
     data = bytes(serialized)
     write_bytes_atomic(plan, data)
-    if cache_path is not None:
-        write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
 
     sidecar = {
         "sidecar_version": md.SIDECAR_VERSION,
@@ -301,4 +299,7 @@ def build_engine(
         "versions": environment_versions(),
     }
     write_json_atomic(sidecar_path(plan), sidecar)
+    cache = config.get_timing_cache() if cache_path is not None else None
+    if cache is not None:  # after the sidecar: the plan is complete whatever happens to the cache
+        write_bytes_atomic(cache_path, bytes(cache.serialize()))
     return BuildResult(plan, sidecar)
