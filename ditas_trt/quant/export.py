@@ -125,23 +125,21 @@ def export_packed(qmodel: nn.Module) -> DiT:
 
 
 def pack_layer(name: str, layer: _Layer) -> QuantLinearTensors:
-    rows = layer.row_scale
     lora_down = lora_up = None
     if layer.lora_r is not None:
-        down = layer.lora_r.T  # [K, r]
+        lora_down = layer.lora_r.T  # [K, r]
         if layer.prescale is not None:
-            down = down * layer.prescale[:, None]  # the branch reads the raw op input
-        lora_down, lora_up = down, (layer.lora_l * rows[:, None]).T  # [r, N]
-    tensors = QuantLinearTensors.from_float(
+            lora_down = lora_down * layer.prescale[:, None]  # the branch reads the raw op input
+        lora_up = layer.lora_l.T  # [r, N]
+    return QuantLinearTensors.from_float(
         layer.weight,
-        None if layer.bias is None else layer.bias * rows,
+        layer.bias,
         weight_bits=layer.bits,
         group_size=layer.group_size,
         act_amax=layer.act_amax,
         act_prescale=layer.prescale,
         lora_down=lora_down,
         lora_up=lora_up,
+        output_scale=layer.row_scale,
         name=name,
     )
-    tensors.w_scale = tensors.w_scale * rows[:, None]
-    return tensors

@@ -253,9 +253,15 @@ class QuantLinearTensors:
         act_prescale: Optional[torch.Tensor] = None,
         lora_down: Optional[torch.Tensor] = None,
         lora_up: Optional[torch.Tensor] = None,
+        output_scale: Optional[torch.Tensor] = None,
         name: str = "",
     ) -> "QuantLinearTensors":
-        """Round-to-nearest packing of a float weight; ``act_amax`` given means static activation scale."""
+        """Round-to-nearest packing of a float weight; ``act_amax`` given means static activation scale.
+
+        ``output_scale`` [N] multiplies output row n of the layer (``w_scale``, ``bias`` and ``lora_up`` rows, in
+        fp32 before any fp16 rounding) while the codes stay those of ``weight``: how a factor folded into these
+        rows (the next layer's ``1/s`` in the V rows of qkv) is applied exactly.
+        """
         n, k = weight.shape
         config = QuantLinearConfig(
             in_features=k,
@@ -268,6 +274,11 @@ class QuantLinearTensors:
             has_prescale=act_prescale is not None,
         ).validate()
         q, scale = quantize_weight(weight, weight_bits, group_size)
+        if output_scale is not None:
+            rows = output_scale.detach().float().reshape(n)
+            scale = scale * rows[:, None]
+            bias = None if bias is None else bias.detach().float() * rows
+            lora_up = None if lora_up is None else lora_up.detach().float() * rows[None, :]
         return cls(
             config=config,
             qweight=pack_int4(q) if weight_bits == 4 else q,
