@@ -149,6 +149,12 @@ def quantize_activation(
     return q.clamp(INT8_MIN, INT8_MAX).to(torch.int8), scale
 
 
+def fake_quantize_activation(x: torch.Tensor, act_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Quantize-dequantize in float32 of a 2-D activation (the values its INT8 codes and scales stand for)."""
+    q, scale = quantize_activation(x, act_scale)
+    return q.float() * (scale if act_scale is not None else scale.unsqueeze(-1))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # One quantized linear, as stored
 # ---------------------------------------------------------------------------------------------------------------

@@ -30,9 +30,7 @@ SEARCH_POWER_ITERS = 2  # randomized SVD inside the search (large layers only): 
 
 def fake_quantize_activation(x: torch.Tensor, amax: Optional[torch.Tensor]) -> torch.Tensor:
     """INT8 quantize-dequantize of rows ``x`` [M, K] with the format's arithmetic (``amax`` None: per row)."""
-    scale = None if amax is None else fmt.activation_scale_from_amax(amax.reshape(1))
-    codes, x_scale = fmt.quantize_activation(x, scale)
-    return codes.float() * (x_scale if amax is not None else x_scale.unsqueeze(-1))
+    return fmt.fake_quantize_activation(x, None if amax is None else fmt.activation_scale_from_amax(amax.reshape(1)))
 
 
 def fake_quantize_weights(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
