@@ -251,12 +251,13 @@ def test_bad_requests_get_errors_and_server_keeps_serving(server, protocol):
 
 
 def test_serve_cli_check(tmp_path, quantized_dir):
-    from ditas_trt.serve.server import free_port
+    from ditas_trt.serve.server import free_ports
 
     repo = tmp_path / "repo"
     r = run_cli("triton-repo", "--quantized", quantized_dir, "--out", repo, "--sampler-instances", "1", "--threads", "1")
     assert r.returncode == 0, r.stderr
-    r = run_cli("serve", "--repo", repo, "--http-port", free_port(), "--grpc-port", free_port(), "--check")
+    http_port, grpc_port = free_ports(2)
+    r = run_cli("serve", "--repo", repo, "--http-port", http_port, "--grpc-port", grpc_port, "--check")
     assert r.returncode == 0, r.stderr + r.stdout
     assert "HTTP  http://127.0.0.1:" in r.stdout and "check: one 2-step request -> latent (1, 1, 8, 8)" in r.stdout
     r = run_cli("serve", "--repo", tmp_path, "--check")

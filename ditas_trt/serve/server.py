@@ -11,6 +11,7 @@ on a CPU. Two things make it serve our repositories:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -98,10 +99,13 @@ def stub_pythonpath() -> str:
     return os.pathsep.join(python_paths())
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """``count`` distinct free ports (their sockets are open together, so no port comes back twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def _ready(url: str, timeout: float = 2.0) -> bool:
@@ -129,8 +133,9 @@ class TritonServer:
         self.sidecar = read_repo_sidecar(self.repo)
         self.install = find_tritonserver(tritonserver)
         self.host = host
-        self.http_port = http_port or free_port(host)
-        self.grpc_port = grpc_port or free_port(host)
+        picked = [p for p in free_ports(3, host) if p not in (http_port, grpc_port)]
+        self.http_port = http_port or picked.pop()
+        self.grpc_port = grpc_port or picked.pop()
         self.metrics_port = metrics_port
         self.extra_args = list(extra_args)
         self.log_verbose = log_verbose
