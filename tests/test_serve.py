@@ -262,3 +262,26 @@ def test_serve_cli_check(tmp_path, quantized_dir):
     assert "HTTP  http://127.0.0.1:" in r.stdout and "check: one 2-step request -> latent (1, 1, 8, 8)" in r.stdout
     r = run_cli("serve", "--repo", tmp_path, "--check")
     assert r.returncode == 2 and "not a model repository" in r.stderr
+
+
+def test_server_is_stopped_when_start_fails_or_is_interrupted(tmp_path, monkeypatch):
+    """tritonserver runs in its own session (Ctrl-C does not reach it): start() must stop it on any failure."""
+    from ditas_trt.serve.server import TritonServer
+
+    binary = tmp_path / "tritonserver"
+    binary.write_text("#!/bin/sh\nexec sleep 600\n")  # never becomes ready
+    binary.chmod(0o755)
+    (tmp_path / "repo.json").write_text("{}")
+    server = TritonServer(tmp_path, tritonserver=str(binary), log_path=tmp_path / "log")
+    assert server.http_port != server.grpc_port
+    with pytest.raises(DitasError, match="not ready after 1 s"):
+        server.start(timeout=1)
+    assert server.process.poll() is not None
+
+    def interrupted(timeout):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server, "_wait_ready", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        server.start()
+    assert server.process.poll() is not None

@@ -186,24 +186,33 @@ class TritonServer:
         return env
 
     def start(self, timeout: float = 300.0) -> "TritonServer":
+        """Start the server and wait until its models are ready; on any failure, Ctrl-C included, it is stopped
+        (it runs in its own session, so nothing else would stop it)."""
         prepare_python_backend(self.install)
-        log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self._log = log
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
-                                        start_new_session=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        try:
+            try:
+                self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
+                                                env=self.environment(), start_new_session=True)
+            except OSError as exc:
+                raise DitasError(f"cannot run {self.install.binary}: {exc}") from None
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = self.log_tail()
-                self.stop()
-                raise DitasError(f"tritonserver exited with code {self.process.returncode} while starting: {tail}")
+                raise DitasError(f"tritonserver exited with code {self.process.returncode} while starting: "
+                                 f"{self.log_tail()}")
             if _ready(url):
-                return self
+                return
             time.sleep(0.5)
-        tail = self.log_tail()
-        self.stop()
-        raise DitasError(f"tritonserver not ready after {timeout:.0f} s: {tail}")
+        raise DitasError(f"tritonserver not ready after {timeout:.0f} s: {self.log_tail()}")
 
     def log_tail(self, lines: int = 6) -> str:
         try:
