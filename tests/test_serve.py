@@ -262,6 +262,8 @@ def test_serve_cli_check(tmp_path, quantized_dir):
     assert "HTTP  http://127.0.0.1:" in r.stdout and "check: one 2-step request -> latent (1, 1, 8, 8)" in r.stdout
     r = run_cli("serve", "--repo", tmp_path, "--check")
     assert r.returncode == 2 and "not a model repository" in r.stderr
+    r = run_cli("serve", "--repo", repo, "--http-port", http_port, "--grpc-port", http_port)
+    assert r.returncode == 2 and "must differ" in r.stderr
 
 
 def test_server_is_stopped_when_start_fails_or_is_interrupted(tmp_path, monkeypatch):

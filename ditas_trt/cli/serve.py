@@ -35,6 +35,9 @@ def run(args):
         port = getattr(args, name)
         if not 0 <= port <= 65535 or (port == 0 and name != "metrics_port"):
             raise DitasError(f"--{name.replace('_', '-')} must be a port number (1-65535), got {port}")
+    ports = [p for p in (args.http_port, args.grpc_port, args.metrics_port) if p]
+    if len(set(ports)) != len(ports):
+        raise DitasError(f"--http-port, --grpc-port and --metrics-port must differ, got {' '.join(map(str, ports))}")
     server = TritonServer(args.repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port or None, tritonserver=args.tritonserver, log_path=args.log)
     print(f"starting {server.install.binary} (log: {server.log_path})", flush=True)
