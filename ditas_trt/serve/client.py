@@ -156,7 +156,8 @@ def run_load(url: str, protocol: str = "http", *, concurrency: int = 8, requests
     latencies, errors = [], []
     counts = {"ok": 0, "failed": 0, "images": 0, "sent": 0}
     deadline = time.monotonic() + time_limit_s
-    barrier = threading.Barrier(concurrency)
+    released = []  # when every client is connected: the clock starts there, not at thread start
+    barrier = threading.Barrier(concurrency, action=lambda: released.append(time.perf_counter()))
 
     def worker(index: int) -> None:
         try:
@@ -164,6 +165,7 @@ def run_load(url: str, protocol: str = "http", *, concurrency: int = 8, requests
         except Exception as exc:  # noqa: BLE001 - counted as a failure of every request of this client
             with lock:
                 counts["failed"] += requests_per_client
+                counts["sent"] += requests_per_client
                 errors.append(f"connect: {exc}")
             barrier.abort()
             return
@@ -205,7 +207,7 @@ def run_load(url: str, protocol: str = "http", *, concurrency: int = 8, requests
             t.start()
         for t in threads:
             t.join(timeout=max(1.0, deadline - time.monotonic() + 120))
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - (released[0] if released else start)
         after = {m: stats_client.statistics(m) for m in (model, denoiser)}
     finally:
         stats_client.close()
