@@ -143,6 +143,18 @@ def test_repository_cli_errors(tmp_path, quantized_dir):
     assert r.returncode == 2 and "not a repository written by triton-repo" in r.stderr
 
 
+def test_load_generator_without_a_server_is_a_one_line_error():
+    from ditas_trt.serve.client import SamplerClient, run_load
+    from ditas_trt.serve.server import free_ports
+
+    with pytest.raises(DitasError, match="as host:port, without a scheme"):
+        SamplerClient("http://127.0.0.1:8000", "http")
+    url = f"127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    for protocol in ("http", "grpc"):
+        with pytest.raises(DitasError, match=f"no Triton server .* answers over {protocol}"):
+            run_load(url, protocol, concurrency=1, requests_per_client=1)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Served
 # ---------------------------------------------------------------------------------------------------------------

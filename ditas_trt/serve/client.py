@@ -95,14 +95,19 @@ class SamplerClient:
     """One connection to the server (tritonclient objects are not shared between threads)."""
 
     def __init__(self, url: str, protocol: str = "http", model: str = "sampler", network_timeout: float = 600.0):
+        if "://" in url:  # tritonclient refuses it from a half-built client
+            raise DitasError(f"{url}: give the Triton address as host:port, without a scheme")
         self.module = client_module(protocol)
         self.protocol = protocol
         self.model = model
-        if protocol == "http":
-            self.client = self.module.InferenceServerClient(url, connection_timeout=network_timeout,
-                                                            network_timeout=network_timeout)
-        else:
-            self.client = self.module.InferenceServerClient(url)
+        try:
+            if protocol == "http":
+                self.client = self.module.InferenceServerClient(url, connection_timeout=network_timeout,
+                                                                network_timeout=network_timeout)
+            else:
+                self.client = self.module.InferenceServerClient(url)
+        except Exception as exc:  # noqa: BLE001 - tritonclient's own exception types
+            raise DitasError(f"{url}: not a Triton {protocol} address: {exc}") from None
         self.timeout = network_timeout
 
     def infer(self, inputs, outputs: Sequence[str] = ("latent",), model: Optional[str] = None):
@@ -200,7 +205,12 @@ def run_load(url: str, protocol: str = "http", *, concurrency: int = 8, requests
 
     stats_client = SamplerClient(url, protocol, model)
     try:
-        before = {m: stats_client.statistics(m) for m in (model, denoiser)}
+        try:
+            before = {m: stats_client.statistics(m) for m in (model, denoiser)}
+        except Exception as exc:  # noqa: BLE001 - connection refused, unknown model, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DitasError(f"{url}: no Triton server serving '{model}' and '{denoiser}' answers over {protocol} "
+                             f"({first})") from None
         threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
         start = time.perf_counter()
         for t in threads:
