@@ -94,6 +94,10 @@ def test_tensors_validate_shapes_and_round_trip_state_dict():
         fmt.layers_from_state_dict(bad, meta)
     with pytest.raises(DitasError, match="metadata"):
         fmt.layers_from_state_dict(tensors, {})
+    with pytest.raises(DitasError, match="metadata is not readable"):
+        fmt.layers_from_state_dict(tensors, {**meta, "ditas_quant_layers": '{"blocks.0.attn.qkv": {"bits": 4}}'})
+    with pytest.raises(DitasError, match="format version 0"):
+        fmt.layers_from_state_dict(tensors, {**meta, "format_version": "0"})
 
 
 def test_config_rejects_bad_values():

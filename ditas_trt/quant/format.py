@@ -298,27 +298,42 @@ class QuantLinearTensors:
         )
 
 
+LAYERS_METADATA_KEY = "ditas_quant_layers"
+
+
+def layers_metadata(configs: dict[str, QuantLinearConfig]) -> dict[str, str]:
+    """safetensors metadata naming every quantized layer's :class:`QuantLinearConfig` and the format version."""
+    layers = {prefix: asdict(config) for prefix, config in configs.items()}
+    return {LAYERS_METADATA_KEY: json.dumps(layers, sort_keys=True), "format_version": str(FORMAT_VERSION)}
+
+
+def layer_configs_from_metadata(metadata: Optional[dict[str, str]], source: str = "") -> dict[str, QuantLinearConfig]:
+    """Inverse of :func:`layers_metadata`; a missing, unreadable or other-version entry is a :class:`DitasError`."""
+    where = f"{source}: " if source else ""
+    metadata = metadata or {}
+    if LAYERS_METADATA_KEY not in metadata:
+        raise DitasError(f"{where}no quantized-layer metadata (not written by ditas-trt quantize)")
+    try:
+        version = int(metadata.get("format_version", -1))
+        layers = json.loads(metadata[LAYERS_METADATA_KEY])
+        configs = {prefix: QuantLinearConfig(**cfg) for prefix, cfg in layers.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DitasError(f"{where}quantized-layer metadata is not readable ({exc})") from None
+    if version != FORMAT_VERSION:
+        raise DitasError(f"{where}quantized format version {version}, this ditas-trt reads version {FORMAT_VERSION}")
+    return configs
+
+
 def state_dict_entries(layers: dict[str, QuantLinearTensors]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Flatten named layers into safetensors tensors (``<layer>.<tensor>``) and string metadata."""
-    tensors, configs = {}, {}
-    for prefix, layer in layers.items():
-        for key, value in layer.tensors().items():
-            tensors[f"{prefix}.{key}"] = value.contiguous()
-        configs[prefix] = asdict(layer.config)
-    return tensors, {"ditas_quant_layers": json.dumps(configs, sort_keys=True), "format_version": str(FORMAT_VERSION)}
+    tensors = {f"{prefix}.{key}": value.contiguous() for prefix, layer in layers.items()
+               for key, value in layer.tensors().items()}
+    return tensors, layers_metadata({prefix: layer.config for prefix, layer in layers.items()})
 
 
 def layers_from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str], source: str = "") -> dict[str, QuantLinearTensors]:
     """Inverse of :func:`state_dict_entries`; every mismatch is a :class:`DitasError` naming the layer."""
     where = f"{source}: " if source else ""
-    if "ditas_quant_layers" not in (metadata or {}):
-        raise DitasError(f"{where}no quantized-layer metadata (not written by ditas-trt quantize)")
-    version = int(metadata.get("format_version", -1))
-    if version != FORMAT_VERSION:
-        raise DitasError(f"{where}quantized format version {version}, this ditas-trt reads version {FORMAT_VERSION}")
-    layers = {}
-    for prefix, cfg in json.loads(metadata["ditas_quant_layers"]).items():
-        config = QuantLinearConfig(**cfg)
-        parts = {key: tensors.get(f"{prefix}.{key}") for key in TENSOR_NAMES}
-        layers[prefix] = QuantLinearTensors(config=config, name=f"{where}{prefix}", **parts)
-    return layers
+    return {prefix: QuantLinearTensors(config=config, name=f"{where}{prefix}",
+                                       **{key: tensors.get(f"{prefix}.{key}") for key in TENSOR_NAMES})
+            for prefix, config in layer_configs_from_metadata(metadata, source).items()}

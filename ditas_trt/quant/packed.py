@@ -17,11 +17,10 @@ from ditas_trt.artifacts import atomic_path, environment_versions, file_sha256, 
 from ditas_trt.errors import DitasError
 from ditas_trt.models.dit import DiT, DiTConfig
 from ditas_trt.models.loading import CONFIG_METADATA_KEY, build_dit, load_state_into, read_safetensors
-from ditas_trt.quant.format import FORMAT_VERSION, QuantLinearConfig
-from ditas_trt.quant.linear import QuantLinear, quant_layer_configs, replace_module
+from ditas_trt.quant.format import FORMAT_VERSION, QuantLinearConfig, layer_configs_from_metadata, layers_metadata
+from ditas_trt.quant.linear import QuantLinear, replace_module
 
 QUANTIZED_FILE = "quantized.safetensors"
-LAYERS_KEY = "ditas_quant_layers"
 RECIPE_KEY = "ditas_recipe"
 
 
@@ -34,15 +33,14 @@ def save_quantized(model: DiT, out: Union[str, Path], recipe: dict, extra_sideca
     """Write a DiT containing :class:`QuantLinear` modules to ``out`` (a folder) atomically, with its sidecar."""
     from safetensors.torch import save_file
 
-    layers = quant_layer_configs(model)
+    layers = {name: m.config for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not layers:
         raise DitasError("the model has no quantized linear layers to save")
     out = Path(out)
     path = out / QUANTIZED_FILE
     metadata = {
         CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()),
-        LAYERS_KEY: json.dumps(layers, sort_keys=True),
-        "format_version": str(FORMAT_VERSION),
+        **layers_metadata(layers),
         RECIPE_KEY: json.dumps(recipe, sort_keys=True, default=str),
     }
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -83,15 +81,12 @@ def load_quantized(path: Union[str, Path], expect_config: Optional[DiTConfig] = 
     if not file.is_file():
         raise DitasError(f"{path}: no {QUANTIZED_FILE} found (run `ditas-trt quantize` first)")
     tensors, metadata = read_safetensors(file)
-    if LAYERS_KEY not in metadata or CONFIG_METADATA_KEY not in metadata:
-        raise DitasError(f"{file}: not a ditas-trt quantized model (metadata missing)")
-    version = int(metadata.get("format_version", -1))
-    if version != FORMAT_VERSION:
-        raise DitasError(f"{file}: quantized format version {version}, this ditas-trt reads version {FORMAT_VERSION}")
+    if CONFIG_METADATA_KEY not in metadata:
+        raise DitasError(f"{file}: not a ditas-trt quantized model (no DiT config in its metadata)")
+    layer_configs = layer_configs_from_metadata(metadata, str(file))
     config = DiTConfig(**json.loads(metadata[CONFIG_METADATA_KEY]))
     if expect_config is not None and config != expect_config:
         raise DitasError(f"{file}: quantized from a different model ({config}) than expected ({expect_config})")
-    layer_configs = {name: QuantLinearConfig(**cfg) for name, cfg in json.loads(metadata[LAYERS_KEY]).items()}
     model = quantize_layers_in_place(build_dit(config), layer_configs)
     load_state_into(model, tensors, str(file))  # copy_ keeps each buffer's integer / fp16 dtype, values exact
     model.ditas_recipe = json.loads(metadata.get(RECIPE_KEY, "{}"))
