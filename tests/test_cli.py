@@ -46,6 +46,7 @@ def test_bad_files_give_one_line_and_exit_2(tmp_path, tiny_dit):
     (["--classes", "12"], "outside [0, 9]"),
     (["--cfg-scale", "0.2"], "cfg scale"),
     (["--per-class", "0"], "per-class"),
+    (["--batch-size", "0"], "batch-size"),
     (["--steps", "many"], "invalid int value"),
 ])
 def test_bad_sampling_values_write_nothing(tmp_path, args, fragment):

@@ -33,6 +33,8 @@ def run(args):
     from ditas_trt.runs import save_samples
 
     options = sampling_options(args)
+    if args.batch_size < 1:
+        raise DitasError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = output_dir(args.out)
     if sum(a is not None for a in (args.quantized, args.engine, args.onnx)) > 1:
         raise DitasError("choose one of --quantized, --engine, --onnx")
