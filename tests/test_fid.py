@@ -1,5 +1,7 @@
 """FID: the Inception-v3 FID network with fake (random) weights at a small input size; weights only from a local
 file with weights_only=True; torchmetrics statistics; precomputed mu/sigma path; the CLI's fallback."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,7 @@ def test_fid_cli(weights, tmp_path):
     assert r.returncode == 2 and "nope.pth: file not found" in r.stderr
     r = run_cli("fid", tmp_path / "s.npz", "--inception-weights", weights)
     assert r.returncode == 2 and "needs --reference" in r.stderr
+    r = run_cli("fid", tmp_path / "s.npz", "--reference", tmp_path / "s.npz")  # no weights: the offline proxies
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["fid"] is None and "class_accuracy" in result and result["psnr_vs_fp"] == float("inf")

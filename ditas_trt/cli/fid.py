@@ -39,20 +39,10 @@ def run(args):
             raise DitasError("FID needs --reference (mu/sigma statistics or reference images)")
         result = fid_from_files(args.samples, args.reference, args.inception_weights, args.batch_size, args.device)
     else:
-        from ditas_trt.eval import evaluate_samples
-        from ditas_trt.runs import load_samples
+        from ditas_trt.cli.evaluate import digit_metrics
 
-        images, labels, _ = load_samples(args.samples)
-        if tuple(images.shape[1:]) != (1, 16, 16):
-            raise DitasError(f"{args.samples}: no --inception-weights given, and the offline proxy metrics need 16x16 "
-                             f"digit images (got {tuple(images.shape[1:])}); pass a local FID Inception weight file")
-        reference = None
-        if args.reference:
-            reference, ref_labels, _ = load_samples(args.reference)
-            if reference.shape != images.shape or not (ref_labels == labels).all():
-                raise DitasError(f"{args.reference}: reference samples do not match {args.samples} (shape or labels)")
         result = {"fid": None, "note": "no --inception-weights: offline proxy metrics instead of FID",
-                  **evaluate_samples(images, labels, reference)}
+                  **digit_metrics(args.samples, args.reference, hint="; for FID pass --inception-weights")}
     print(json.dumps(result, indent=2))
     if args.json:
         write_json_atomic(args.json, result)
