@@ -347,6 +347,29 @@ def test_load_quantized_refuses_another_model(quantized, tmp_path, tiny_dit):
     assert [p.name for p in tmp_path.iterdir()] == ["q"]  # no temporary folders left behind
 
 
+def test_calibration_dir_is_all_or_nothing(quantized, tmp_path, monkeypatch):
+    import stat
+
+    from ditas_trt.quant import packed
+    from ditas_trt.quant.output import write_calibration_dir
+
+    _, result = quantized
+    out = write_calibration_dir(result, tmp_path / "q")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # readable by a server running as another user
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(packed, "save_quantized", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_calibration_dir(result, out, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old folder is untouched
+    with pytest.raises(OSError, match="disk full"):
+        write_calibration_dir(result, tmp_path / "new")
+    assert [p.name for p in tmp_path.iterdir()] == ["q"]  # nothing half-written, no temporary folders
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Calibration trajectories
 # ---------------------------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def write_calibration_dir(result, out: Union[str, Path], force: bool = False) ->
     check_destination(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the folder from a Triton or Docker user reading it
     old = None
     try:
         mto.save(result.model, tmp / MODELOPT_FILE)
