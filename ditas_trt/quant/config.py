@@ -166,9 +166,6 @@ class QuantRecipe:
         group = f"g{self.group_size}" if self.group_size else "per-channel"
         return f"W{self.weight_bits}A8 ({group}, {self.act_mode} activations, LoRA r={self.lowrank})"
 
-    def with_(self, **changes) -> "QuantRecipe":
-        return replace(self, **changes).validate()
-
 
 PRESETS = {
     "w4a8": QuantRecipe(),

@@ -20,7 +20,7 @@ from typing import Union
 
 import torch
 
-from ditas_trt.artifacts import read_json, write_json_atomic
+from ditas_trt.artifacts import write_json_atomic
 from ditas_trt.errors import DitasError
 
 MODELOPT_FILE = "modelopt.pth"
@@ -65,10 +65,6 @@ def write_calibration_dir(result, out: Union[str, Path], force: bool = False) ->
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return out
-
-
-def read_report(path: Union[str, Path]) -> dict:
-    return read_json(Path(path) / REPORT_FILE, "DiTAS calibration report")
 
 
 def load_modelopt(path: Union[str, Path]) -> torch.nn.Module:
