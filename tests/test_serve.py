@@ -128,6 +128,8 @@ def test_rtx_engine_becomes_python_denoiser(tmp_path):
     out, side = write_repository(RepoOptions(out=str(tmp_path / "repo"), engine=str(plan)))
     assert side["denoiser_backend"] == "python" and side["notes"]
     assert 'backend: "python"' in (out / "denoiser" / "config.pbtxt").read_text()
+    readme = (out / "README.md").read_text()  # no Triton TensorRT backend flags for a Python denoiser
+    assert "embeds its plugin library; the Python denoiser" in readme and "version-compatible" not in readme
     with pytest.raises(DitasError, match="enterprise TensorRT plans only"):
         write_repository(RepoOptions(out=str(tmp_path / "r2"), engine=str(plan), denoiser_backend="tensorrt_plan"))
 
