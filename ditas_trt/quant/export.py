@@ -22,7 +22,7 @@ from ditas_trt.models.dit import DiT
 from ditas_trt.models.loading import build_dit
 from ditas_trt.quant.format import QuantLinearTensors
 from ditas_trt.quant.linear import QuantLinear, replace_module
-from ditas_trt.quant.smoothing import fold_into_modulation, fold_into_rows, fold_target
+from ditas_trt.quant.smoothing import fold_inverse_scale, fold_target
 
 
 @dataclass
@@ -107,14 +107,11 @@ def export_packed(qmodel: nn.Module) -> DiT:
         if target is None or (target.kind == "modulation" and target.module in layers):
             layer.placed = "act_prescale"
             continue
-        if target.kind == "modulation":
-            fold_into_modulation(dit.get_submodule(target.module), target, layer.prescale)
-        elif target.module in layers:
-            rows = target.rows(layers[target.module].weight.shape[0])
-            layers[target.module].row_scale[rows] *= layer.prescale
+        if target.kind == "v_rows" and target.module in layers:  # into the quantized qkv's output rows
+            qkv = layers[target.module]
+            qkv.row_scale[target.rows(qkv.weight.shape[0])] *= layer.prescale
         else:
-            qkv = dit.get_submodule(target.module)
-            fold_into_rows(qkv, target.rows(qkv.out_features), layer.prescale)
+            fold_inverse_scale(dit, target, layer.prescale)
         layer.placed = f"{target.kind}:{target.module}"
         layer.prescale = None
     for name, layer in layers.items():

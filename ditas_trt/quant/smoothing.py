@@ -26,6 +26,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ditas_trt.quant.linear import replace_module
+
 SCALE_MIN, SCALE_MAX = 1e-4, 1e4
 AMAX_FLOOR = 1e-5
 
@@ -115,11 +117,10 @@ class FoldTarget:
     chunks: int = 0
 
     def rows(self, out_features: int) -> slice:
-        """The rows of the target this fold touches (V rows = last third of qkv)."""
-        if self.kind == "v_rows":
-            third = out_features // 3
-            return slice(2 * third, 3 * third)
-        raise ValueError("modulation folds touch two chunks; use fold_into_modulation")
+        """The V rows of qkv (its last third) that a ``v_rows`` fold scales."""
+        assert self.kind == "v_rows", "modulation folds touch two chunks; use fold_into_modulation"
+        third = out_features // 3
+        return slice(2 * third, 3 * third)
 
 
 def fold_target(layer_name: str, module_names: set[str]) -> Optional[FoldTarget]:
@@ -160,6 +161,17 @@ def fold_into_rows(linear: nn.Linear, rows: slice, inv_s: torch.Tensor) -> None:
         linear.bias[rows] *= inv
 
 
+@torch.no_grad()
+def fold_inverse_scale(model: nn.Module, target: FoldTarget, inv_s: torch.Tensor) -> None:
+    """Fold ``inv_s`` (= 1/s) into the FP linear ``target`` names: its modulation chunks or its V rows."""
+    linear = model.get_submodule(target.module)
+    linear = linear.linear if isinstance(linear, PreScale) else linear
+    if target.kind == "modulation":
+        fold_into_modulation(linear, target, inv_s)
+    else:
+        fold_into_rows(linear, target.rows(linear.out_features), inv_s)
+
+
 class PreScale(nn.Module):
     """An FP linear whose input is multiplied by a fixed vector first (smoothing that could not be folded)."""
 
@@ -184,14 +196,9 @@ def smooth_fp_model(model: nn.Module, scales: dict[str, torch.Tensor]) -> dict[s
         linear.weight.mul_(s.to(linear.weight.dtype)[None, :])
         inv = 1.0 / s.float()
         target = fold_target(name, names)
-        if target is not None and target.kind == "modulation":
-            fold_into_modulation(model.get_submodule(target.module), target, inv)
-        elif target is not None:
-            qkv = model.get_submodule(target.module)
-            qkv = qkv.linear if isinstance(qkv, PreScale) else qkv
-            fold_into_rows(qkv, target.rows(qkv.out_features), inv)
+        if target is None:
+            replace_module(model, name, PreScale(linear, inv))
         else:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, PreScale(linear, inv))
+            fold_inverse_scale(model, target, inv)
         placed[name] = "prescale" if target is None else f"{target.kind}:{target.module}"
     return placed
