@@ -198,6 +198,30 @@ def test_library_reports_cuda_errors_without_a_gpu(built_library):
     assert lib.ditasW4A8Gemm(256, 256, 0, 256, 256, 1, None, None, None, 0, 256, 0, 0, 8, 64, 0, None) == 0  # M = 0
 
 
+def test_library_accepts_an_empty_batch_without_storage(built_library):
+    """M = 0: the [0, ...] tensors have no storage (torch's data_ptr() is 0, TensorRT may pass nullptr), nothing is
+    launched, so a null x, x_q, x_scale, lora_act or y is fine then; with M > 0 the same calls are refused."""
+    lib = _raw_library(built_library)
+    # (x_q, x_scale, per_row, qweight, w_scale, groups, bias, lora_act, lora_up, rank, y, dtype, M, N, K, path)
+    assert lib.ditasW4A8Gemm(None, None, 1, 256, 256, 1, None, None, 256, 32, None, 0, 0, 8, 64, 0, None) == 0
+    assert lib.ditasW8A8Gemm(None, None, 1, 256, 256, 2, None, None, 256, 32, None, 1, 0, 8, 64, 0, None) == 0
+    assert lib.ditasW4A8GemmAccumulators(None, 256, None, 0, 8, 64, 0, None) == 0
+    # (x, xDtype, act_scale, prescale, lora_down, rank, x_q, x_scale, lora_act, M, K, path): dynamic scale, LoRA
+    assert lib.ditasQuantizeAct(None, 0, None, None, 256, 16, None, None, None, 0, 64, 0, None) == 0
+    # still refused: a static scale must be reported into x_scale, and M > 0 needs every pointer
+    assert lib.ditasQuantizeAct(None, 0, 256, None, None, 0, None, None, None, 0, 64, 0, None) == 1
+    assert "x_scale" in lib.ditasGetLastErrorString().decode()
+    assert lib.ditasQuantizeAct(256, 0, None, None, 256, 16, 256, 256, None, 4, 64, 0, None) == 1
+    assert "lora_act" in lib.ditasGetLastErrorString().decode()
+    assert lib.ditasW4A8Gemm(256, 256, 1, 256, 256, 1, None, None, None, 0, None, 0, 4, 8, 64, 0, None) == 1
+    assert "output" in lib.ditasGetLastErrorString().decode()
+    assert lib.ditasW4A8Gemm(256, 256, 1, 256, 256, 1, None, None, 256, 32, 256, 0, 4, 8, 64, 0, None) == 1
+    assert "lora_act" in lib.ditasGetLastErrorString().decode()
+    # shape errors are still reported for an empty batch
+    assert lib.ditasW4A8Gemm(None, None, 1, 256, 256, 5, None, None, None, 0, None, 0, 0, 8, 64, 0, None) == 1
+    assert "does not divide" in lib.ditasGetLastErrorString().decode()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Python side
 # ---------------------------------------------------------------------------------------------------------------

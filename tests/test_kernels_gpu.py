@@ -240,9 +240,15 @@ def test_forced_paths_refuse_what_they_cannot_do():
 
 
 def test_empty_batch():
-    p = _random_problem(4, 1, 1152, 1152, 1, 0, seed=1)
+    # [0, ...] tensors have data_ptr() == 0: the C API must not require their pointers when M == 0
+    p = _random_problem(4, 1, 1152, 1152, 1, 32, seed=1)
     y = kcuda.gemm(4, p.x_q[:0], p.x_scale[:0], p.qweight, p.w_scale)
     assert y.shape == (0, 1152)
+    y = kcuda.gemm(4, p.x_q[:0], p.x_scale[:0], p.qweight, p.w_scale, p.bias, p.lora_act[:0], p.lora_up)
+    assert y.shape == (0, 1152)
+    down = torch.randn((1152, 32), device=DEV).half()
+    x_q, x_scale, lora_act = kcuda.quantize_act(torch.empty((0, 1152), device=DEV), None, None, down)
+    assert x_q.shape == (0, 1152) and x_scale.shape == (0,) and lora_act.shape == (0, 32)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -229,18 +229,25 @@ int runGemm(char const* name, void const* xq, float const* xScale, int xScalePer
             return fail(cudaErrorInvalidValue, "%s: numGroups=%d does not divide K=%d", name, numGroups, K);
         if (yDtype != DITAS_DTYPE_FP16 && yDtype != DITAS_DTYPE_FP32)
             return fail(cudaErrorInvalidValue, "%s: yDtype must be DITAS_DTYPE_FP16 or DITAS_DTYPE_FP32, got %d", name, yDtype);
-        if (rank < 0 || (rank > 0 && (loraAct == nullptr || loraUp == nullptr)))
+        if (rank < 0)
+            return fail(cudaErrorInvalidValue, "%s: rank=%d must be >= 0", name, rank);
+    }
+    if (M == 0)
+    {
+        // Nothing is read or written. The [0, ...] tensors (x_q, x_scale, lora_act, y) of an empty batch have no
+        // storage (torch's data_ptr() is 0 for them, TensorRT may pass nullptr), so their pointers are not required.
+        tLastPath = path;
+        return int(cudaSuccess);
+    }
+    if (!int32Out)
+    {
+        if (rank > 0 && (loraAct == nullptr || loraUp == nullptr))
             return fail(cudaErrorInvalidValue, "%s: rank=%d needs lora_act and lora_up", name, rank);
         if (xScale == nullptr || wScale == nullptr)
             return fail(cudaErrorInvalidValue, "%s: x_scale and w_scale are required", name);
     }
-    if ((xq == nullptr && M > 0) || qweight == nullptr || y == nullptr)
+    if (xq == nullptr || qweight == nullptr || y == nullptr)
         return fail(cudaErrorInvalidValue, "%s: x_q, qweight and the output are required", name);
-    if (M == 0)
-    {
-        tLastPath = path;
-        return int(cudaSuccess);
-    }
     DeviceInfo dev;
     cudaError_t e = deviceInfo(dev);
     if (e != cudaSuccess)
@@ -334,12 +341,15 @@ DITAS_API int ditasQuantizeAct(void const* x, int xDtype, float const* actScale,
         return fail(cudaErrorInvalidValue, "%s: bad sizes M=%d K=%d", name, M, K);
     if (xDtype != DITAS_DTYPE_FP16 && xDtype != DITAS_DTYPE_FP32)
         return fail(cudaErrorInvalidValue, "%s: xDtype must be DITAS_DTYPE_FP16 or DITAS_DTYPE_FP32, got %d", name, xDtype);
-    if (rank < 0 || (rank > 0 && (loraDown == nullptr || loraAct == nullptr)))
+    if (rank < 0 || (rank > 0 && loraDown == nullptr))
         return fail(cudaErrorInvalidValue, "%s: rank=%d needs lora_down and lora_act", name, rank);
-    if ((M > 0 && (x == nullptr || xq == nullptr)) || xScale == nullptr)
-        return fail(cudaErrorInvalidValue, "%s: x, x_q and x_scale are required", name);
     if (path != DITAS_PATH_AUTO && path != DITAS_PATH_FAST && path != DITAS_PATH_GENERIC)
         return fail(cudaErrorInvalidValue, "%s: path must be AUTO, FAST or GENERIC, got %d", name, path);
+    // An empty batch has no storage for x, x_q, lora_act [0, r] and a dynamic x_scale [0] (torch's data_ptr() is 0
+    // for them, TensorRT may pass nullptr): only the static scale's [1] output is required then.
+    if ((M > 0 && (x == nullptr || xq == nullptr || (rank > 0 && loraAct == nullptr)))
+        || (xScale == nullptr && (M > 0 || actScale != nullptr)))
+        return fail(cudaErrorInvalidValue, "%s: x, x_q, x_scale and (rank > 0) lora_act are required", name);
     cudaStream_t const st = reinterpret_cast<cudaStream_t>(stream);
     if (M == 0)
     {
