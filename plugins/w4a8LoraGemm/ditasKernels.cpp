@@ -114,6 +114,8 @@ std::string sm80Refusal(ditas::GemmParams const& p, int bits, int yDtype, bool i
         return "needs K <= 65536 (INT32 accumulators of 16 x INT4 codes)";
     if (static_cast<long long>(p.M) * p.K >= (1LL << 31))
         return "needs M * K < 2^31 (32-bit row offsets)";
+    if (p.M > ditas::gemmSm80MaxRows(tile))
+        return "needs M <= " + std::to_string(ditas::gemmSm80MaxRows(tile)) + " (65535 row tiles in the grid)";
     if (p.N % 8)
         return "needs N % 8 == 0";
     if (!int32Out && (p.K / p.numGroups) % 64)

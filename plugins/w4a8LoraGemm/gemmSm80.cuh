@@ -57,6 +57,9 @@ struct Config
     }
 };
 
+// M tiles run along gridDim.y (65535 at most); N tiles along gridDim.x.
+constexpr int kMaxGridY = 65535;
+
 template <int kBits>
 using LargeConfig = Config<kBits, 128, 128, 2, 4, (kBits == 4 ? 4 : 3)>;
 template <int kBits>
@@ -552,7 +555,7 @@ cudaError_t launchConfig(GemmParams const& p, cudaStream_t stream)
     }
     unsigned const gridN = unsigned((p.N + Cfg::kBN - 1) / Cfg::kBN);
     unsigned const gridM = unsigned((p.M + Cfg::kBM - 1) / Cfg::kBM);
-    if (gridM > 65535u)
+    if (gridM > unsigned(kMaxGridY)) // the dispatcher refuses such M (gemmSm80MaxRows), so AUTO falls back instead
     {
         return cudaErrorInvalidConfiguration;
     }

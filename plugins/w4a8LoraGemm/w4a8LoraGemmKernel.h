@@ -62,6 +62,9 @@ cudaError_t launchGemmSm80(GemmParams const& p, Sm80Tile tile, cudaStream_t stre
 // Dynamic shared memory the mma.sync kernel needs (to check against the device limit before launching).
 size_t gemmSm80SmemBytes(int bits, Sm80Tile tile, int rank);
 
+// Largest M the mma.sync kernel's grid takes (M tiles along gridDim.y, at most 65535 of them).
+long long gemmSm80MaxRows(Sm80Tile tile);
+
 // ----- CUTLASS 3.x SM90 family (TMA + wgmma, warp-specialized); per-channel, no LoRA, fp16 output -------------
 // Requirements: K % 32 == 0, N % 8 == 0, numGroups == 1, rank == 0, 16-byte aligned pointers.
 template <int kBits>
