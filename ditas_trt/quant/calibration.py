@@ -119,10 +119,11 @@ def record_trajectories(
     seeds = [settings.seed + i for i in range(len(labels))]
     shape = (config.in_channels, config.input_size, config.input_size)
     device = next(model.parameters()).device
-    per_step: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []
+    batch_size = max(1, batch_size)
+    passes: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []  # per sampling pass: (x, t, y) per step
     start = time.perf_counter()
-    chunks = range(0, len(labels), max(1, batch_size))
-    for chunk, first in enumerate(tqdm(chunks, desc="calibration trajectories", disable=not progress, leave=False)):
+    for first in tqdm(range(0, len(labels), batch_size), desc="calibration trajectories", disable=not progress,
+                      leave=False):
         idx = slice(first, first + batch_size)
         calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -133,14 +134,9 @@ def record_trajectories(
         noise, generators = seeded_noise(seeds[idx], shape, device=device)
         sample(recording_forward, labels[idx].to(device), in_channels=config.in_channels, input_size=config.input_size,
                num_classes=config.num_classes, options=settings.options, noise=noise, generator=generators)
-        if chunk == 0:
-            per_step = [[c] for c in calls]
-        else:
-            for step, c in enumerate(calls):
-                per_step[step].append(c)
-    x = torch.stack([torch.cat([c[0] for c in step]) for step in per_step])
-    t = torch.stack([torch.cat([c[1] for c in step]) for step in per_step])
-    y = torch.stack([torch.cat([c[2] for c in step]) for step in per_step])
+        passes.append(calls)
+    steps = list(zip(*passes))  # per step: the (x, t, y) of every pass
+    x, t, y = (torch.stack([torch.cat([call[i] for call in step]) for step in steps]) for i in range(3))
     meta = {"seconds": round(time.perf_counter() - start, 3), "samples": len(labels)}
     return Trajectories(x=x, t=t.long(), y=y.long(), meta=meta)
 
