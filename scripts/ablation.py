@@ -252,7 +252,7 @@ def main(args):
         results.append(entry)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} CPU, 2 cores shared with other jobs",
             "threads": args.threads, "samples": len(labels), "per_class": args.per_class, "steps": args.steps,
-            "cfg_scale": args.cfg_scale, "seed": args.seed, "calib_samples": traj.batch // 2,
+            "cfg_scale": args.cfg_scale, "seed": args.seed, "calib_samples": len(settings.labels(c.num_classes)),
             "trajectories_s": trajectories_s, "checkpoint": str(checkpoint)}
     write_json_atomic(out / "ablation.json", {"meta": meta, "rows": results})
     print(f"wrote {write_markdown(out, results, meta)}")

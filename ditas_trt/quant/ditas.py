@@ -128,9 +128,10 @@ def quantize_dit(
     packed = export_packed(qmodel)
     export_seconds = time.perf_counter() - t0
     calib = getattr(qmodel, REPORT_ATTR, {})
+    num_classes = model.config.num_classes
     report: dict[str, Any] = {
         "recipe": recipe.to_dict(),
-        "calibration": {**settings.resolved(model.config.num_classes), "samples": traj.batch // (2 if settings.cfg_scale > 1 else 1),
+        "calibration": {**settings.resolved(num_classes), "samples": len(settings.labels(num_classes)),
                         "timesteps": traj.steps, "trajectories": {k: v for k, v in traj.meta.items() if k != "settings"},
                         "trajectories_reused": traj.reused},
         "timings": {"trajectories_s": round(traj_seconds, 3), "calibration_s": round(calib_seconds, 3),
