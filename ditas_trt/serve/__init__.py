@@ -5,6 +5,7 @@ module                         what it does
 =============================  =================================================================================
 :mod:`.repository`             ``ditas-trt triton-repo``: writes ``denoiser`` (TensorRT plan or Python backend) and
                                ``sampler`` (Python backend, BLS loop with classifier-free guidance) + launch files
+:mod:`.templates`              the text of the generated ``model.py`` stubs, ``launch.sh`` and ``README.md``
 :mod:`.python_models`          the ``TritonPythonModel`` classes that run inside Triton's Python-backend stub
 :mod:`.server`                 finds ``tritonserver`` (the one in ``nvidia-pytriton`` works on a CPU), prepares its
                                Python backend, starts/stops it on loopback ports

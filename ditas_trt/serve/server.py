@@ -94,7 +94,7 @@ def prepare_python_backend(install: TritonInstall) -> None:
 
 def stub_pythonpath() -> str:
     """DITAS_TRT_PYTHONPATH for the stub: this checkout of ditas_trt and this interpreter's site-packages."""
-    from ditas_trt.serve.repository import python_paths
+    from ditas_trt.serve.templates import python_paths
 
     return os.pathsep.join(python_paths())
 
