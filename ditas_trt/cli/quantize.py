@@ -102,8 +102,6 @@ def run(args):
     from ditas_trt.models.embedded import resolve_checkpoint
 
     model = load_dit(resolve_checkpoint(args.checkpoint), args.model)
-    settings.validate(model.config.num_classes)
-    recipe.validate()
 
     from ditas_trt.quant.ditas import quantize_dit
     from ditas_trt.quant.output import write_calibration_dir
