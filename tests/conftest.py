@@ -20,18 +20,28 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
-def tiny_dit():
-    """A small random DiT with non-zero adaLN/final layers (the zero init would hide bugs)."""
-    from ditas_trt.models import DiT
-
-    torch.manual_seed(0)
-    model = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=128, depth=2, num_heads=4, num_classes=6)
+def perturbed(model, std: float = 0.05):
+    """``model`` in eval mode with noise on its trainable weights: DiT's zero-initialized adaLN and final layers
+    would hide bugs."""
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+                p.add_(torch.randn_like(p) * std)
     return model.eval()
+
+
+def make_tiny_dit():
+    """A small random DiT (8x8 latents, 2 blocks, 6 classes), the same one on every call."""
+    from ditas_trt.models import DiT
+
+    torch.manual_seed(0)
+    return perturbed(DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=128, depth=2, num_heads=4,
+                         num_classes=6))
+
+
+@pytest.fixture
+def tiny_dit():
+    return make_tiny_dit()
 
 
 def run_cli(*args, cwd=None, env=None):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import REPO, perturbed, run_cli
 from trt_helpers import rtn_quantize
 
 pytest.importorskip("onnx")
@@ -47,12 +47,7 @@ def _embedded_model():
     if EMBEDDED_PATH.is_file():
         return load_dit(EMBEDDED_PATH)
     torch.manual_seed(0)
-    model = build_dit(DiTConfig(**EMBEDDED_CONFIG))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
+    return perturbed(build_dit(DiTConfig(**EMBEDDED_CONFIG)))
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
-from trt_helpers import make_quantized_dir, rtn_quantize
+from conftest import make_tiny_dit, run_cli
+from trt_helpers import make_quantized_dir
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -43,15 +43,7 @@ def _rel(a, ref):
 
 @pytest.fixture(scope="module")
 def quantized_dir(tmp_path_factory):
-    from ditas_trt.models import DiT
-
-    torch.manual_seed(0)
-    model = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=128, depth=2, num_heads=4, num_classes=6)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    return make_quantized_dir(model.eval(), tmp_path_factory.mktemp("q") / "quantized")
+    return make_quantized_dir(make_tiny_dit(), tmp_path_factory.mktemp("q") / "quantized")
 
 
 def test_fp32_graph_matches_torch(tiny_dit):
