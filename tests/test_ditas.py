@@ -389,6 +389,35 @@ def test_trajectory_cache_is_reused(tiny_dit, tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
 
 
+def test_static_range_covers_every_timestep_of_the_smoothed_input(tiny_dit):
+    """'single' takes s from the middle timestep, but the static INT8 range is max_j a_j / s_j over all of them."""
+    from ditas_trt.quant.calibration import replay_loop
+    from ditas_trt.quant.ditas import quantize_dit
+
+    recipe = QuantRecipe(**{**FAST, "lowrank": 0, "search_lora": "none", "timestep_stats": "single"})
+    result = quantize_dit(copy.deepcopy(tiny_dit), recipe, CalibrationSettings(**SETTINGS), progress=False)
+    names = list(result.report["alpha"])
+    calls = {name: [] for name in names}
+    hooks = [tiny_dit.get_submodule(name).register_forward_pre_hook(
+        lambda m, args, name=name: calls[name].append(args[0].reshape(-1, m.in_features).abs().amax(dim=0)))
+        for name in names]
+    replay_loop(result.trajectories, progress=False)(tiny_dit)
+    for hook in hooks:
+        hook.remove()
+    wider = []  # layers whose range over all timesteps exceeds the middle one's: there the test tells them apart
+    for name in names:
+        per_call = torch.stack(calls[name])  # [timesteps, K]
+        weight = tiny_dit.get_submodule(name).weight.detach()
+        s = smoothing_scale(per_call[len(per_call) // 2], weight.abs().amax(dim=0), result.report["alpha"][name])
+        iq = result.model.get_submodule(name).input_quantizer
+        assert torch.allclose(iq.pre_quant_scale, 1 / s, rtol=1e-5), name
+        all_steps, middle = (per_call.amax(dim=0) / s).amax(), (per_call[len(per_call) // 2] / s).amax()
+        assert float(iq.amax) == pytest.approx(float(all_steps), rel=1e-5), name
+        if float(all_steps) > 1.01 * float(middle):
+            wider.append(name)
+    assert len(wider) >= len(names) // 2, wider
+
+
 def test_input_cache_budget_splits_replays_without_changing_results(tiny_dit):
     from ditas_trt.quant.calibration import replay_loop
     from ditas_trt.quant.ditas import quantize
