@@ -201,6 +201,33 @@ def test_alpha_search_picks_the_known_best(bits):
     assert min(result.losses) < 0.5 * result.losses[0]
 
 
+@pytest.mark.parametrize("search_lora", ["cheap", "full"])
+def test_alpha_search_scores_the_lora_corrected_weight(search_lora):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 64, generator=g)
+    x[:, 5] *= 60.0
+    w = torch.randn(48, 64, generator=g) * 0.05
+    amax = x.abs().amax(dim=0)
+    grid = (0.0, 0.5, 1.0)
+    result = search_alpha(x, w, amax, grid, bits=4, lowrank=4, search_lora=search_lora, lora_iters=3)
+    by_hand = []
+    for alpha in grid:
+        s = smoothing_scale(amax, w.abs().amax(dim=0), alpha)
+        w_s = w * s
+        quant = lambda t: fake_quantize_weights(t, 4, 0)  # noqa: E731
+        if search_lora == "cheap":  # one truncated SVD of the rounding error
+            lora_l, lora_r = low_rank(w_s - quant(w_s), 4)
+            w_q = quant(w_s) + lora_l @ lora_r
+        else:  # the whole alternation
+            lora = alternate(w_s, 4, 3, quant)
+            w_q = quant(lora.base) + lora.lora_l @ lora.lora_r
+        x_q = fake_quantize_activation(x / s, (amax / s).amax())
+        by_hand.append(float(((x_q @ w_q.T - x @ w.T) ** 2).mean()))
+    assert result.losses == pytest.approx(by_hand, rel=1e-4)
+    plain = search_alpha(x, w, amax, grid, bits=4)
+    assert all(a < b for a, b in zip(result.losses, plain.losses))  # the branch lowers the error at every alpha
+
+
 def test_lora_reduces_weight_error():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(256, 128, generator=g) * 0.02 + torch.randn(256, 4, generator=g) @ torch.randn(4, 128, generator=g) * 0.05
