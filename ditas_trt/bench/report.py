@@ -75,7 +75,8 @@ def markdown(result, plots: list[str]) -> str:
              f"- timing: {'CUDA events (device time)' if dev['type'] == 'cuda' else 'time.perf_counter (host)'}; "
              f"step = one guided forward ({cfg['warmup']} warm-up, {cfg['reps']} timed); loop = the whole sampling "
              f"loop ({cfg['loop_warmup']} warm-up, {cfg['loop_reps']} timed); images/s = batch / p50 loop time",
-             "- memory: " + ("CUDA allocator peak" if dev["type"] == "cuda" else
+             "- memory: " + ("CUDA allocator peak (engines: + the plan and TensorRT's activation memory)"
+                             if dev["type"] == "cuda" else
                              "peak RSS of the benchmark process (in brackets: increase during this variant)"),
              f"- total time {result.seconds:.0f} s"]
     load = dev.get("load_average") or {}

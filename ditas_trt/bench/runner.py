@@ -6,8 +6,9 @@ Per variant and batch B (images; with classifier-free guidance the DiT forward r
 - **loop**: the whole sampling loop (``steps`` DDPM/DDIM steps, ``ditas_trt.diffusion``) for B images —
   ``loop_warmup`` untimed loops, ``loop_reps`` timed ones; images/s = B / p50 loop time; the loop time is the
   latency of a request for B images, ``ms_per_image`` = p50 / B;
-- **memory**: peak during the variant's measurements (GPU: allocator peak; CPU: the process's peak RSS) and the
-  increase over the memory held before it; **size**: weights (module tensors) or the engine/ONNX file.
+- **memory**: peak during the variant's measurements (GPU: allocator peak, plus for an engine the plan and the
+  activation memory TensorRT holds outside torch; CPU: the process's peak RSS) and the increase over the memory
+  held before it; **size**: weights (module tensors) or the engine/ONNX file.
 """
 from __future__ import annotations
 
@@ -172,8 +173,10 @@ def measure_variant(prep, model_config, cfg: BenchConfig, device: torch.device, 
         results[batch] = {"rows": rows, "step_ms": percentiles(step_ms), "loop_ms": loop_p,
                           "images_per_s": batch / (loop_p["p50"] / 1000), "ms_per_image": loop_p["p50"] / batch,
                           "step_ms_per_image": percentiles(step_ms)["p50"] / batch}
+    outside_mb = prep.outside_torch_bytes / 2**20 if device.type == "cuda" else 0.0
     peak = peak_memory_mb(device)
-    return {"batches": results, "peak_memory_mb": peak, "memory_increase_mb": max(peak - base_mb, 0.0)}
+    return {"batches": results, "peak_memory_mb": peak + outside_mb,
+            "memory_increase_mb": max(peak - base_mb, 0.0) + outside_mb}
 
 
 def run_variants(cfg: BenchConfig, model, device: torch.device, progress=print) -> list:

@@ -56,6 +56,7 @@ class Prepared:
     path: str  # how it runs, in words
     weights_bytes: int
     notes: list = field(default_factory=list)
+    outside_torch_bytes: int = 0  # GPU memory held outside torch's allocator (a TensorRT engine), added to its peak
 
 
 @dataclass
@@ -200,8 +201,12 @@ def prepare(name: str, ctx: VariantContext) -> Prepared:
         if denoiser.config != ctx.model.config:
             raise Unavailable(f"{plan} was built from another DiT config than the benchmarked model")
         meta = denoiser.engine.meta
+        plan_bytes, activations = int(meta["bytes"]), denoiser.engine.device_memory_bytes
+        note = (f"peak memory adds what TensorRT holds outside torch: the plan ({plan_bytes / 2**20:.0f} MB, about its "
+                f"weights) and the context's activation memory ({activations / 2**20:.0f} MB)")
         return Prepared(name, denoiser.forward, f"{meta['tensorrt']['flavour']} {meta['tensorrt']['version']} "
-                        f"({'CUDA graphs' if ctx.cuda_graphs else 'execute_async_v3'})", int(meta["bytes"]))
+                        f"({'CUDA graphs' if ctx.cuda_graphs else 'execute_async_v3'})", plan_bytes, notes=[note],
+                        outside_torch_bytes=plan_bytes + activations)
     raise DitasError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
 
 

@@ -76,6 +76,15 @@ class EngineRunner:
         self._shape_batch: Optional[int] = None
 
     @property
+    def device_memory_bytes(self) -> int:
+        """The activation memory TensorRT allocates for the execution context (outside torch's allocator)."""
+        for name in ("device_memory_size_v2", "device_memory_size"):
+            value = getattr(self.engine, name, None)
+            if value is not None:
+                return int(value)
+        return 0
+
+    @property
     def batch_range(self) -> tuple[int, int]:
         prof = self.meta["profile"]["batch"]
         return prof["min"], prof["max"]
