@@ -169,10 +169,10 @@ def measure_variant(prep, model_config, cfg: BenchConfig, device: torch.device, 
         except (RuntimeError, DitasError) as exc:
             results[batch] = {"error": str(exc).strip().splitlines()[0][:300]}
             continue
-        loop_p = percentiles(loop_ms)
-        results[batch] = {"rows": rows, "step_ms": percentiles(step_ms), "loop_ms": loop_p,
+        step_p, loop_p = percentiles(step_ms), percentiles(loop_ms)
+        results[batch] = {"rows": rows, "step_ms": step_p, "loop_ms": loop_p,
                           "images_per_s": batch / (loop_p["p50"] / 1000), "ms_per_image": loop_p["p50"] / batch,
-                          "step_ms_per_image": percentiles(step_ms)["p50"] / batch}
+                          "step_ms_per_image": step_p["p50"] / batch}
     outside_mb = prep.outside_torch_bytes / 2**20 if device.type == "cuda" else 0.0
     peak = peak_memory_mb(device)
     return {"batches": results, "peak_memory_mb": peak + outside_mb,

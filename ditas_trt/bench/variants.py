@@ -137,14 +137,15 @@ def _quantized(ctx: VariantContext, name: str, model: torch.nn.Module, what: str
     from ditas_trt.ops import quantized_linear  # noqa: F401 - registers the ops
 
     cuda = ctx.device.type == "cuda"
-    dtype = torch.float16 if cuda else torch.float32
-    model = _cast_except_quant(copy.deepcopy(model), dtype)
-    forward, how = _torch_forward(model, ctx.device, dtype, ctx.cuda_graphs)
     if cuda:
         from ditas_trt.ops import cuda as ops_cuda
 
         if not ops_cuda.is_available():
             raise Unavailable(f"the CUDA kernels are not built (run {ops_cuda.BUILD_COMMAND}; {ops_cuda.ENV_VAR})")
+    dtype = torch.float16 if cuda else torch.float32
+    model = _cast_except_quant(copy.deepcopy(model), dtype)
+    forward, how = _torch_forward(model, ctx.device, dtype, ctx.cuda_graphs)
+    if cuda:
         path = f"{what}: CUDA kernels ({how}, fp16 activations)"
     else:
         path = f"{what}: exact CPU reference ops (integer arithmetic in torch, not a fast kernel)"
