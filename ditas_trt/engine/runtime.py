@@ -84,11 +84,6 @@ class EngineRunner:
                 return int(value)
         return 0
 
-    @property
-    def batch_range(self) -> tuple[int, int]:
-        prof = self.meta["profile"]["batch"]
-        return prof["min"], prof["max"]
-
     # -----------------------------------------------------------------------------------------------------------
     def _buffers_for(self, batch: int) -> dict:
         import torch

@@ -28,8 +28,6 @@ Output: ``y`` with the dtype of ``x``, shape ``[..., N]``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 OP_TYPE = "W4A8LoraGemm"
 DOMAIN = "trt.plugins"
 VERSION = "1"
@@ -44,14 +42,6 @@ FIELDS: dict[str, tuple[str, object]] = {
     "rank": ("int", 0),             # LoRA rank r; 0: no lora_down / lora_up inputs
     "has_bias": ("int", 0),         # 1: input bias present
 }
-
-
-@dataclass(frozen=True)
-class PluginNode:
-    """What the exporter writes for one quantized linear."""
-
-    inputs: tuple[str, ...]
-    attributes: dict
 
 
 def input_names(act_dynamic: bool, has_prescale: bool, rank: int, has_bias: bool) -> tuple[str, ...]:
