@@ -115,8 +115,8 @@ def test_plugin_graph_structure(quantized_dir, tmp_path):
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         assert attrs == {**plugin_spec.attributes_for(cfg), "plugin_version": plugin_spec.VERSION.encode()}
         assert set(attrs) - {"plugin_version"} == set(plugin_spec.FIELDS)
-        assert len(node.input) == len(plugin_spec.input_names(cfg.act_mode == "dynamic", cfg.has_prescale, cfg.rank,
-                                                              cfg.has_bias))
+        expected = plugin_spec.input_names(cfg.act_mode == "dynamic", cfg.has_prescale, cfg.rank, cfg.has_bias)
+        assert [i.rsplit(".", 1)[-1] for i in node.input[1:]] == list(expected[1:])  # the order the plugin reads
         w = inits[node.input[1]]
         assert list(w.dims) == [cfg.out_features, cfg.in_features]
         assert w.data_type == (TensorProto.INT4 if cfg.weight_bits == 4 else TensorProto.INT8)
