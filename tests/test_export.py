@@ -13,6 +13,7 @@ from ditas_trt.errors import DitasError  # noqa: E402
 from ditas_trt.export import export_onnx, plugin_spec, read_onnx_metadata  # noqa: E402
 from ditas_trt.export.graph import GraphBuilder, build_dit_graph, make_model  # noqa: E402
 from ditas_trt.export.linears import float_linear, qdq_linear  # noqa: E402
+from ditas_trt.export.ort import onnx_denoiser  # noqa: E402
 from ditas_trt.quant.format import QuantLinearTensors  # noqa: E402
 from ditas_trt.quant.linear import QuantLinear  # noqa: E402
 
@@ -164,6 +165,9 @@ def test_export_refuses_wrong_source(quantized_dir, tiny_dit, tmp_path):
     with pytest.raises(DitasError, match=".onnx"):
         export_onnx(quantized_dir, "qdq", tmp_path / "x.bin")
     assert not list(tmp_path.glob("x*"))
+    (tmp_path / "garbage.onnx").write_bytes(b"not protobuf")
+    with pytest.raises(DitasError, match="garbage.onnx: not a readable ONNX file"):
+        onnx_denoiser(tmp_path / "garbage.onnx")  # `sample --onnx`, `triton-repo --onnx` and `build` read it alike
 
 
 def test_cli_export_and_onnx_sampling(quantized_dir, tmp_path):

@@ -74,10 +74,9 @@ def custom_nodes(onnx_path: Path) -> list[tuple[str, str, str, str, str]]:
     """(node name, domain, op type, plugin version, plugin namespace) of every node TensorRT must find a plugin for."""
     import onnx
 
-    try:
-        proto = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 (protobuf raises several types)
-        raise DitasError(f"{onnx_path}: not a readable ONNX file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    from ditas_trt.export import load_onnx_graph
+
+    proto = load_onnx_graph(onnx_path)
     found = []
     for node in proto.graph.node:
         if node.domain in NATIVE_DOMAINS:

@@ -200,11 +200,20 @@ def export_onnx(
     return ExportResult(out, sidecar)
 
 
-def read_onnx_metadata(path: Union[str, Path]) -> dict:
-    """The ``ditas_trt.*`` metadata of an exported ONNX file (JSON values decoded), without loading weights."""
+def load_onnx_graph(path: Union[str, Path]):
+    """The ModelProto of an ONNX file without its external weights; an unreadable file is a DitasError."""
     import onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 (protobuf raises several types)
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DitasError(f"{path}: not a readable ONNX file ({why})") from None
+
+
+def read_onnx_metadata(path: Union[str, Path]) -> dict:
+    """The ``ditas_trt.*`` metadata of an exported ONNX file (JSON values decoded), without loading weights."""
+    proto = load_onnx_graph(path)
     meta = {}
     for prop in proto.metadata_props:
         if prop.key.startswith(METADATA_PREFIX):
