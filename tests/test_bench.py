@@ -50,6 +50,25 @@ def test_bench_argument_errors(tmp_path):
     assert r.returncode == 2 and "batches must be >= 1" in r.stderr
 
 
+def test_triton_rows_compare_with_bare_only_for_the_same_work():
+    from types import SimpleNamespace
+
+    from ditas_trt.bench.report import triton_rows
+
+    level = {"concurrency": 8, "images_per_s": 9.0, "failed": 0,
+             "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.0},
+             "server": {"denoiser": {"mean_batch": 4.0, "batch_stats": {"4": 2}}}}
+    fp32 = {"name": "fp32", "status": "ok", "batches": {8: {"images_per_s": 10.0}}}
+    triton = {"server": "pytriton tritonserver, repository from fp32", "protocol": "http", "steps": 10,
+              "requests_per_client": 4, "levels": [level]}
+    result = SimpleNamespace(triton=triton, config={"steps": 10}, variants=[fp32])
+    assert triton_rows(result)[-1].endswith("| 10.00 | 0.90 |")
+    result.config["steps"] = 50  # --triton-steps 10 against a 50-step variant sweep
+    assert triton_rows(result)[-1].endswith("| n/a | — |")
+    result.config["steps"], result.triton = 10, {k: v for k, v in triton.items() if k != "server"}  # a URL
+    assert triton_rows(result)[-1].endswith("| n/a | — |")
+
+
 @pytest.mark.slow
 def test_pipeline_bench_and_triton_stages(tiny_checkpoint, tmp_path):
     pytest.importorskip("pytriton")

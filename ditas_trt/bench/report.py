@@ -45,17 +45,21 @@ def bare_images_per_s(result, variant: str, batch: int):
 
 def triton_rows(result) -> list[str]:
     t = result.triton
-    bare_variant = "quantized" if t.get("server", "").find("quantized") >= 0 else "fp32"
+    bare_variant = "quantized" if "quantized" in t.get("server", "") else "fp32"
+    # 'bare' is only the same work when this run started the server (known backend) with the sweep's step count
+    comparable = "server" in t and t["steps"] == result.config["steps"]
     lines = [f"Server: {t.get('server', t.get('url'))}; {t['protocol']}, {t['steps']} steps, "
              f"{t['requests_per_client']} requests per client, one image per request. 'bare' = the same backend's "
-             "sampling loop in-process at batch = concurrency (Triton overhead target: <= 10%).", "",
+             "sampling loop in-process at batch = concurrency (Triton overhead target: <= 10%)"
+             + ("." if comparable else "; not comparable here (a server given by URL, or --triton-steps differs "
+                                       "from --steps)."), "",
              "| concurrency | images/s | latency p50 / p90 / p99 (ms) | failed | denoiser mean batch (rows) | "
              "denoiser batch sizes | bare images/s | Triton / bare |", "|---|---|---|---|---|---|---|---|"]
     for level in t.get("levels", []):
         c = level["concurrency"]
         lat = level["latency_ms"]
         den = level["server"]["denoiser"]
-        bare = bare_images_per_s(result, bare_variant, c)
+        bare = bare_images_per_s(result, bare_variant, c) if comparable else None
         ratio = f"{level['images_per_s'] / bare:.2f}" if bare else "—"
         sizes = ", ".join(f"{b}×{n}" for b, n in sorted(den["batch_stats"].items(), key=lambda kv: int(kv[0])))
         lines.append(f"| {c} | {level['images_per_s']:.2f} | {lat['p50']:.0f} / {lat['p90']:.0f} / {lat['p99']:.0f} | "
