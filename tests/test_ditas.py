@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, make_tiny_dit
 from ditas_trt.errors import DitasError
 from ditas_trt.quant.calibration import CalibrationSettings, load_or_record
 from ditas_trt.quant.config import DITAS_W4A8_CFG, DITAS_W8A8_CFG, QuantRecipe, alpha_grid, preset
@@ -29,15 +29,9 @@ def _inputs(n=4, num_classes=6):
 def quantized():
     """The tiny DiT quantized once with a fast DiTAS recipe (shared by the round-trip and export tests)."""
     from ditas_trt.quant.ditas import quantize_dit
-    from ditas_trt.models import DiT
 
-    torch.manual_seed(0)
-    model = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=128, depth=2, num_heads=4, num_classes=6)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    fp = copy.deepcopy(model).eval()
+    model = make_tiny_dit()
+    fp = copy.deepcopy(model)
     result = quantize_dit(model, QuantRecipe(**FAST), CalibrationSettings(**SETTINGS), progress=False)
     return fp, result
 

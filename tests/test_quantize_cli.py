@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import perturbed, run_cli
 from test_cli import assert_one_line_error
 
 FAST = ["--steps", "3", "--per-class", "1", "--alpha", "0.2", "0.6", "--lowrank", "4", "--lora-iters", "2",
@@ -17,11 +17,7 @@ def tiny_checkpoint(tmp_path_factory):
     from ditas_trt.models import DiT, save_dit
 
     torch.manual_seed(0)
-    model = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4, num_classes=4)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+    model = perturbed(DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4, num_classes=4))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_dit(model, path)
     return path
