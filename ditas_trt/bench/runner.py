@@ -82,6 +82,9 @@ class BenchConfig:
             raise DitasError("--triton-source is fp32 or quantized")
         if self.triton_source == "quantized" and not self.quantized:
             raise DitasError("--triton-source quantized needs --quantized DIR")
+        if self.triton == "auto" and self.random_weights and self.triton_source != "quantized":
+            raise DitasError("--triton auto serves the checkpoint or a --quantized folder (--triton-source quantized), "
+                             "not --random-weights")
         return self
 
 
@@ -223,15 +226,14 @@ def run_triton(cfg: BenchConfig, model_label: str, num_classes: int, progress=pr
     server = None
     info = {"protocol": cfg.triton_protocol, "steps": steps, "requests_per_client": cfg.triton_requests}
     url = cfg.triton
+    workdir = tempfile.TemporaryDirectory(prefix="ditas_bench_repo_")
     try:
         if cfg.triton == "auto":
             from ditas_trt.serve.repository import RepoOptions, write_repository
             from ditas_trt.serve.server import TritonServer
 
-            repo = Path(tempfile.mkdtemp(prefix="ditas_bench_repo_")) / "repo"
+            repo = Path(workdir.name) / "repo"
             source = {"quantized": cfg.quantized} if cfg.triton_source == "quantized" else {"checkpoint": cfg.checkpoint}
-            if cfg.random_weights:
-                raise DitasError("--triton auto serves a checkpoint or --quantized folder, not --random-weights")
             write_repository(RepoOptions(out=str(repo), model=cfg.model, threads=cfg.threads, **source))
             server = TritonServer(repo)
             progress(f"[bench] starting tritonserver on {server.http_url} ({cfg.triton_source}; log {server.log_path})")
@@ -252,6 +254,7 @@ def run_triton(cfg: BenchConfig, model_label: str, num_classes: int, progress=pr
     finally:
         if server is not None:
             server.stop()
+        workdir.cleanup()
     return info
 
 
