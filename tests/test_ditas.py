@@ -171,9 +171,10 @@ def test_v_row_fold_into_quantized_qkv_is_exact():
 # ---------------------------------------------------------------------------------------------------------------
 # Alpha search and LoRA
 # ---------------------------------------------------------------------------------------------------------------
-def _loss_by_hand(x, w, amax, alpha, bits):
+def _loss_by_hand(x, w, amax, alpha, deployed_weight):
+    """The search's loss at one alpha; ``deployed_weight(W·diag(s))`` is the weight the layer would compute with."""
     s = smoothing_scale(amax, w.abs().amax(dim=0), alpha)
-    wq = fake_quantize_weights(w * s, bits, 0)
+    wq = deployed_weight(w * s)
     xq = fake_quantize_activation(x / s, (amax / s).amax())
     return float(((xq @ wq.T - x @ w.T) ** 2).mean())
 
@@ -188,7 +189,7 @@ def test_alpha_search_picks_the_known_best(bits):
     amax = x.abs().amax(dim=0)
     grid = alpha_grid(0.1)
     result = search_alpha(x, w, amax, grid, bits=bits)
-    by_hand = [_loss_by_hand(x, w, amax, a, bits) for a in grid]
+    by_hand = [_loss_by_hand(x, w, amax, a, lambda w_s: fake_quantize_weights(w_s, bits, 0)) for a in grid]
     assert result.losses == pytest.approx(by_hand, rel=1e-4)
     assert result.alpha == grid[min(range(len(grid)), key=by_hand.__getitem__)]
     assert 0.3 <= result.alpha <= 0.9  # neither extreme: outliers must move, but not all into the weights
@@ -204,19 +205,18 @@ def test_alpha_search_scores_the_lora_corrected_weight(search_lora):
     amax = x.abs().amax(dim=0)
     grid = (0.0, 0.5, 1.0)
     result = search_alpha(x, w, amax, grid, bits=4, lowrank=4, search_lora=search_lora, lora_iters=3)
-    by_hand = []
-    for alpha in grid:
-        s = smoothing_scale(amax, w.abs().amax(dim=0), alpha)
-        w_s = w * s
-        quant = lambda t: fake_quantize_weights(t, 4, 0)  # noqa: E731
+
+    def quant(t):
+        return fake_quantize_weights(t, 4, 0)
+
+    def with_lora(w_s):
         if search_lora == "cheap":  # one truncated SVD of the rounding error
             lora_l, lora_r = low_rank(w_s - quant(w_s), 4)
-            w_q = quant(w_s) + lora_l @ lora_r
-        else:  # the whole alternation
-            lora = alternate(w_s, 4, 3, quant)
-            w_q = quant(lora.base) + lora.lora_l @ lora.lora_r
-        x_q = fake_quantize_activation(x / s, (amax / s).amax())
-        by_hand.append(float(((x_q @ w_q.T - x @ w.T) ** 2).mean()))
+            return quant(w_s) + lora_l @ lora_r
+        lora = alternate(w_s, 4, 3, quant)  # the whole alternation
+        return quant(lora.base) + lora.lora_l @ lora.lora_r
+
+    by_hand = [_loss_by_hand(x, w, amax, a, with_lora) for a in grid]
     assert result.losses == pytest.approx(by_hand, rel=1e-4)
     plain = search_alpha(x, w, amax, grid, bits=4)
     assert all(a < b for a, b in zip(result.losses, plain.losses))  # the branch lowers the error at every alpha
