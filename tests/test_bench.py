@@ -50,6 +50,8 @@ def test_bench_argument_errors(tmp_path):
     assert r.returncode == 2 and "batches must be >= 1" in r.stderr
     r = run_cli("bench", "--random-weights", "--model", "DiT-S/8", "--triton", "auto", "--out", tmp_path)
     assert r.returncode == 2 and "not --random-weights" in r.stderr and "[bench]" not in r.stdout  # before any sweep
+    r = run_cli("bench", "--triton", "127.0.0.1:1", "--out", tmp_path)  # nothing listens on port 1
+    assert r.returncode == 2 and "no Triton server" in r.stderr and "[bench]" not in r.stdout
 
 
 def test_triton_rows_compare_with_bare_only_for_the_same_work():

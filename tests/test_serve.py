@@ -153,7 +153,7 @@ def test_load_generator_without_a_server_is_a_one_line_error():
         SamplerClient("http://127.0.0.1:8000", "http")
     url = f"127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
     for protocol in ("http", "grpc"):
-        with pytest.raises(DitasError, match=f"no Triton server .* answers over {protocol}"):
+        with pytest.raises(DitasError, match=f"serving 'sampler' and 'denoiser' answers over {protocol}"):
             run_load(url, protocol, concurrency=1, requests_per_client=1)
 
 

@@ -275,6 +275,10 @@ def run_bench(cfg: BenchConfig, progress=print) -> tuple[BenchResult, dict]:
     from ditas_trt.bench.report import write_outputs
 
     cfg.validate()
+    if cfg.triton and cfg.triton != "auto":  # a server given by URL must answer now, not after the sweep
+        from ditas_trt.serve.client import check_server
+
+        check_server(cfg.triton, cfg.triton_protocol)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -128,6 +128,24 @@ class SamplerClient:
         self.client.close()
 
 
+def _statistics(client: SamplerClient, url: str, models: Sequence[str]) -> dict:
+    try:
+        return {m: client.statistics(m) for m in models}
+    except Exception as exc:  # noqa: BLE001 - connection refused, unknown model, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DitasError(f"{url}: no Triton server serving {' and '.join(map(repr, models))} answers over "
+                         f"{client.protocol} ({first})") from None
+
+
+def check_server(url: str, protocol: str = "http", models: Sequence[str] = ("sampler", "denoiser")) -> None:
+    """A one-line DitasError unless a Triton server at ``url`` serves ``models``."""
+    client = SamplerClient(url, protocol)
+    try:
+        _statistics(client, url, models)
+    finally:
+        client.close()
+
+
 @dataclass
 class LoadResult:
     concurrency: int
@@ -205,12 +223,7 @@ def run_load(url: str, protocol: str = "http", *, concurrency: int = 8, requests
 
     stats_client = SamplerClient(url, protocol, model)
     try:
-        try:
-            before = {m: stats_client.statistics(m) for m in (model, denoiser)}
-        except Exception as exc:  # noqa: BLE001 - connection refused, unknown model, ...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DitasError(f"{url}: no Triton server serving '{model}' and '{denoiser}' answers over {protocol} "
-                             f"({first})") from None
+        before = _statistics(stats_client, url, (model, denoiser))
         threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
         start = time.perf_counter()
         for t in threads:
