@@ -34,6 +34,7 @@ def tiny_checkpoint(tmp_path_factory):
     (["--layers", "*blocks.*.attn.qkvv"], "matches no linear"),
     (["--timestep-stats", "single", "--stats-step", "9", "--steps", "3"], "stats-step 9"),
     (["--name", "a/b"], "plain folder name"),
+    (["--name", "trajectories"], "trajectory cache"),
 ])
 def test_bad_options_exit_2_and_write_nothing(tmp_path, tiny_checkpoint, args, fragment):
     calib = tmp_path / "calib"

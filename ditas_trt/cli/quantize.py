@@ -21,6 +21,8 @@ from pathlib import Path
 from ditas_trt.cli.common import add_checkpoint_args, add_sampling_args
 from ditas_trt.errors import DitasError
 
+TRAJECTORY_DIR = "trajectories"  # CALIB_DIR/trajectories/: the cache shared by every NAME
+
 
 def add_arguments(parser):
     from ditas_trt.quant.config import ACT_MODES, PRESETS, SEARCH_LORA, TIMESTEP_STATS
@@ -85,8 +87,10 @@ def settings_from_args(args):
 def run(args):
     from ditas_trt.quant.output import check_destination
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name) or args.name == "trajectories":
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
         raise DitasError(f"--name must be a plain folder name (letters, digits, . _ -), not {args.name!r}")
+    if args.name == TRAJECTORY_DIR:
+        raise DitasError(f"--name {TRAJECTORY_DIR!r} is where the trajectory cache lives; choose another name")
     if args.batch_size < 1:
         raise DitasError(f"--batch-size must be >= 1, got {args.batch_size}")
     recipe = recipe_from_args(args)
@@ -106,7 +110,7 @@ def run(args):
     from ditas_trt.quant.ditas import quantize_dit
     from ditas_trt.quant.output import write_calibration_dir
 
-    result = quantize_dit(model, recipe, settings, cache_dir=None if args.no_cache else calib_dir / "trajectories",
+    result = quantize_dit(model, recipe, settings, cache_dir=None if args.no_cache else calib_dir / TRAJECTORY_DIR,
                           batch_size=args.batch_size, progress=not args.quiet)
     write_calibration_dir(result, out, force=args.force)
     t = result.report["timings"]
