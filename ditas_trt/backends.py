@@ -12,6 +12,25 @@ from ditas_trt.errors import DitasError
 from ditas_trt.models.dit import DiTConfig
 
 
+def resolve_device(name: str, *, must_be_visible: bool = True) -> torch.device:
+    """``--device`` ("auto", "cpu", "cuda", "cuda:N") as a torch device; DitasError when it is malformed or, with
+    ``must_be_visible``, names a GPU this process cannot see (a generated Triton repository may target another host)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DitasError(f"--device {name!r}: not a device (cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DitasError(f"--device {name!r}: only cpu and cuda devices are supported")
+    if must_be_visible and device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DitasError(f"--device {name}: no CUDA GPU is visible")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DitasError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    return device
+
+
 @dataclass
 class Denoiser:
     """A DiT forward ``(x, t, y) -> output`` with the config it was built for."""

@@ -10,6 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# For the error a command gives when it is asked for a GPU that is not there
+without_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

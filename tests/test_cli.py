@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import run_cli
+from conftest import run_cli, without_gpu
 
 
 def assert_one_line_error(result, *fragments):
@@ -48,6 +48,9 @@ def test_bad_files_give_one_line_and_exit_2(tmp_path, tiny_dit):
     (["--per-class", "0"], "per-class"),
     (["--batch-size", "0"], "batch-size"),
     (["--steps", "many"], "invalid int value"),
+    (["--device", "gpu"], "not a device"),
+    (["--device", "meta"], "only cpu and cuda"),
+    pytest.param(["--device", "cuda"], "no CUDA GPU is visible", marks=without_gpu),
 ])
 def test_bad_sampling_values_write_nothing(tmp_path, args, fragment):
     out = tmp_path / "out"

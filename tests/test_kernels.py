@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import without_gpu
 from ditas_trt.errors import DitasError
 from ditas_trt.ops import cuda as kcuda
 from ditas_trt.quant import format as fmt
@@ -188,9 +189,8 @@ def test_library_rejects_bad_arguments_without_a_gpu(built_library, call, messag
     assert message in lib.ditasGetLastErrorString().decode()
 
 
+@without_gpu
 def test_library_reports_cuda_errors_without_a_gpu(built_library):
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
     lib = _raw_library(built_library)
     rc = lib.ditasW4A8Gemm(256, 256, 0, 256, 256, 1, None, None, None, 0, 256, 0, 4, 8, 64, 0, None)
     assert rc not in (0, 1)

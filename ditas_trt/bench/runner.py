@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ditas_trt.backends import resolve_device
 from ditas_trt.errors import DitasError
 
 
@@ -96,15 +97,6 @@ class BenchResult:
     variants: list = field(default_factory=list)
     triton: Optional[dict] = None
     seconds: float = 0.0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DitasError("--device cuda: no CUDA GPU is visible")
-    return device
 
 
 def load_model(cfg: BenchConfig):

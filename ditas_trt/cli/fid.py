@@ -33,6 +33,9 @@ def run(args):
     if args.batch_size < 1:
         raise DitasError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.inception_weights:
+        from ditas_trt.backends import resolve_device
+
+        resolve_device(args.device)
         from ditas_trt.eval.fid import fid_from_files
 
         if not args.reference:

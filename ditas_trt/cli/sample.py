@@ -29,9 +29,11 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ditas_trt.backends import load_denoiser
+    from ditas_trt.backends import load_denoiser, resolve_device
     from ditas_trt.runs import save_samples
 
+    if args.engine is None:
+        resolve_device(args.device)
     options = sampling_options(args)
     if args.batch_size < 1:
         raise DitasError(f"--batch-size must be >= 1, got {args.batch_size}")

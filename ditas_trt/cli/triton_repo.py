@@ -42,8 +42,10 @@ def add_arguments(parser):
 
 
 def run(args):
+    from ditas_trt.backends import resolve_device
     from ditas_trt.serve.repository import RepoOptions, write_repository
 
+    resolve_device(args.device, must_be_visible=False)  # the repository may be served on another host
     opts = RepoOptions(out=args.out, engine=args.engine, quantized=args.quantized, checkpoint=args.checkpoint,
                        onnx=args.onnx, model=args.model, plugin_lib=args.plugin_lib,
                        denoiser_backend=args.denoiser_backend, max_batch=args.max_batch,
