@@ -457,3 +457,27 @@ def test_input_cache_budget_splits_replays_without_changing_results(tiny_dit):
             outputs.append(model(*_inputs()))
     assert passes[0] > 1 and passes[1] == 1
     assert torch.equal(outputs[0], outputs[1])
+
+
+@pytest.mark.gpu
+def test_quantize_dit_on_a_gpu_matches_the_cpu_run(quantized, tmp_path):
+    """FP passes on the GPU, per-layer work on the CPU: the same calibration up to float differences."""
+    from ditas_trt.quant.ditas import quantize_dit
+    from ditas_trt.quant.output import load_modelopt, write_calibration_dir
+
+    fp, cpu = quantized
+    result = quantize_dit(make_tiny_dit().cuda(), QuantRecipe(**FAST), CalibrationSettings(**SETTINGS), progress=False)
+    assert next(result.model.parameters()).is_cuda
+    assert all(not t.is_cuda for t in result.packed.state_dict().values())
+    same_alpha = sum(result.report["alpha"][n] == a for n, a in cpu.report["alpha"].items())
+    assert same_alpha >= 6, (result.report["alpha"], cpu.report["alpha"])  # of 8: near-ties may go either way
+    x, t, y = _inputs()
+    with torch.no_grad():
+        ref, on_cpu, on_gpu = fp(x, t, y), cpu.packed(x, t, y), result.packed(x, t, y)
+        fake_on_gpu = result.model(x.cuda(), t.cuda(), y.cuda()).cpu()
+    assert (on_gpu - on_cpu).abs().max() < 0.5 * (on_cpu - ref).abs().max()
+    assert (on_gpu - fake_on_gpu).abs().max() < 0.1 * (on_cpu - ref).abs().max()
+    folder = write_calibration_dir(result, tmp_path / "gpu")
+    restored = load_modelopt(folder)  # the checkpoint loads on the CPU
+    with torch.no_grad():
+        assert torch.allclose(restored(x, t, y), fake_on_gpu, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import perturbed, run_cli
+from conftest import perturbed, run_cli, without_gpu
 from test_cli import assert_one_line_error
 
 FAST = ["--steps", "3", "--per-class", "1", "--alpha", "0.2", "0.6", "--lowrank", "4", "--lora-iters", "2",
@@ -35,6 +35,8 @@ def tiny_checkpoint(tmp_path_factory):
     (["--timestep-stats", "single", "--stats-step", "9", "--steps", "3"], "stats-step 9"),
     (["--name", "a/b"], "plain folder name"),
     (["--name", "trajectories"], "trajectory cache"),
+    (["--device", "cuda:x"], "not a device"),
+    pytest.param(["--device", "cuda"], "no CUDA GPU is visible", marks=without_gpu),
 ])
 def test_bad_options_exit_2_and_write_nothing(tmp_path, tiny_checkpoint, args, fragment):
     calib = tmp_path / "calib"

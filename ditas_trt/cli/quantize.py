@@ -52,6 +52,9 @@ def add_arguments(parser):
     algo.add_argument("--cache-mb", type=int, default=None, help="memory budget of cached layer inputs (more -> fewer replays)")
     add_sampling_args(parser, per_class_default=2)
     run = parser.add_argument_group("run")
+    run.add_argument("--device", default="cpu",
+                     help="where the FP passes run (trajectory sampling, replays): cpu, cuda, cuda:N; the per-layer "
+                          "alpha search and LoRA run on the CPU")
     run.add_argument("--batch-size", type=int, default=64, help="samples per trajectory sampling pass")
     run.add_argument("--no-cache", action="store_true", help="record trajectories again instead of reusing the cache")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -85,6 +88,7 @@ def settings_from_args(args):
 
 
 def run(args):
+    from ditas_trt.backends import resolve_device
     from ditas_trt.quant.output import check_destination
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
@@ -93,6 +97,7 @@ def run(args):
         raise DitasError(f"--name {TRAJECTORY_DIR!r} is where the trajectory cache lives; choose another name")
     if args.batch_size < 1:
         raise DitasError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = resolve_device(args.device)
     recipe = recipe_from_args(args)
     settings = settings_from_args(args)
     settings.validate()
@@ -105,7 +110,7 @@ def run(args):
     from ditas_trt.models import load_dit
     from ditas_trt.models.embedded import resolve_checkpoint
 
-    model = load_dit(resolve_checkpoint(args.checkpoint), args.model)
+    model = load_dit(resolve_checkpoint(args.checkpoint), args.model).to(device)
 
     from ditas_trt.quant.ditas import quantize_dit
     from ditas_trt.quant.output import write_calibration_dir

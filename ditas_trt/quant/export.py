@@ -39,6 +39,11 @@ class _Layer:
     placed: str = ""
 
 
+def _host(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """fp32 copy on the CPU, where the packed model is built (the ModelOpt model may live on a GPU)."""
+    return None if tensor is None else tensor.detach().float().cpu()
+
+
 def _read_layer(name: str, module) -> _Layer:
     from ditas_trt.quant.mode import layer_format
 
@@ -48,19 +53,18 @@ def _read_layer(name: str, module) -> _Layer:
     if fmt_.act_mode == "static":
         if iq.amax is None or iq.amax.numel() != 1:
             raise DitasError(f"{name}: static activation quantizer has no per-tensor amax (not calibrated?)")
-        act_amax = iq.amax.detach().float().reshape(1)
+        act_amax = _host(iq.amax).reshape(1)
     pqs = iq.pre_quant_scale
-    lora_a, lora_b = getattr(wq, "svdquant_lora_a", None), getattr(wq, "svdquant_lora_b", None)
-    weight = module.weight.detach().float()
+    weight = _host(module.weight)
     return _Layer(
         weight=weight,
-        bias=None if module.bias is None else module.bias.detach().float(),
+        bias=_host(module.bias),
         bits=fmt_.bits,
         group_size=fmt_.group_size,
         act_amax=act_amax,
-        prescale=None if pqs is None else pqs.detach().float().reshape(-1),
-        lora_r=None if lora_a is None else lora_a.detach().float(),
-        lora_l=None if lora_b is None else lora_b.detach().float(),
+        prescale=None if pqs is None else _host(pqs).reshape(-1),
+        lora_r=_host(getattr(wq, "svdquant_lora_a", None)),
+        lora_l=_host(getattr(wq, "svdquant_lora_b", None)),
         row_scale=torch.ones(weight.shape[0]),
     )
 

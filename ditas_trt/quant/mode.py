@@ -272,7 +272,7 @@ def _plan_layer(name: str, module, layer_fmt: LayerFormat, rec: InputRecorder, c
                 timings: dict) -> _Plan:
     if rec.calls == 0:
         raise DitasError(f"{name}: no calibration input reached this layer")
-    weight = module.weight.detach().float()
+    weight = module.weight.detach().float().cpu()  # the recorder keeps its statistics on the CPU too
     a_all = rec.amax("all")
     info: dict = {"format": f"W{layer_fmt.bits}A8 g{layer_fmt.group_size} {layer_fmt.act_mode}"}
     grid = cfg.alpha_grid
@@ -316,19 +316,20 @@ def _plan_layer(name: str, module, layer_fmt: LayerFormat, rec: InputRecorder, c
 
 
 def _apply_plan(module, layer_fmt: LayerFormat, plan: _Plan) -> None:
-    dtype = module.weight.dtype
-    module.weight.data.copy_(plan.base.to(dtype))
+    """Write a plan (computed on the CPU) into the module, on the module's device and in its dtype."""
+    like = dict(device=module.weight.device, dtype=module.weight.dtype)
+    module.weight.data.copy_(plan.base.to(**like))
     _calibrate_weight(module)
     iq = module.input_quantizer
     if plan.scale is not None:
         iq._enable_pre_quant_scale = True
-        iq.pre_quant_scale = (1.0 / plan.scale).to(dtype)
+        iq.pre_quant_scale = (1.0 / plan.scale).to(**like)
     if layer_fmt.act_mode == "static":
-        iq.amax = plan.act_amax.to(dtype).reshape(())
+        iq.amax = plan.act_amax.to(**like).reshape(())
     if plan.lora_l is not None:
         # fp16-representable values: the deployed branch stores fp16 factors (format.lora_down / lora_up)
-        module.weight_quantizer.svdquant_lora_a = plan.lora_r.half().to(dtype)
-        module.weight_quantizer.svdquant_lora_b = plan.lora_l.half().to(dtype)
+        module.weight_quantizer.svdquant_lora_a = plan.lora_r.half().to(**like)
+        module.weight_quantizer.svdquant_lora_b = plan.lora_l.half().to(**like)
 
 
 # ---------------------------------------------------------------------------------------------------------------
