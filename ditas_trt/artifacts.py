@@ -85,7 +85,6 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     """`torch.load` that never runs code from the file and names the file in every error."""
     import argparse
     import pickle
-    import zipfile
 
     import torch
 
@@ -99,5 +98,7 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
         raise DitasError(f"{path}: refused to load (weights_only=True): {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise DitasError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 (a corrupt pickle fails with KeyError, IndexError, struct.error, ...)
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DitasError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                         f"{type(exc).__name__} {why}".rstrip()) from None

@@ -169,6 +169,9 @@ def test_truncated_and_missing_files(tmp_path, tiny_dit):
     (tmp_path / "cut.pt").write_bytes((tmp_path / "m.pt").read_bytes()[:1000])
     with pytest.raises(DitasError, match="cut.pt"):
         load_dit(tmp_path / "cut.pt")
+    (tmp_path / "text.pt").write_text("junk\n")  # the legacy unpickler fails with a KeyError on this one
+    with pytest.raises(DitasError, match="text.pt: not a readable PyTorch checkpoint"):
+        load_dit(tmp_path / "text.pt")
     with pytest.raises(DitasError, match="file not found"):
         load_dit(tmp_path / "nope.pt")
 
