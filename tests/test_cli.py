@@ -45,6 +45,7 @@ def test_bad_files_give_one_line_and_exit_2(tmp_path, tiny_dit):
     (["--sampler", "euler"], "invalid choice"),
     (["--classes", "12"], "outside [0, 9]"),
     (["--cfg-scale", "0.2"], "cfg scale"),
+    (["--cfg-scale", "nan"], "cfg scale"),
     (["--per-class", "0"], "per-class"),
     (["--batch-size", "0"], "batch-size"),
     (["--steps", "many"], "invalid int value"),

@@ -67,7 +67,9 @@ def test_ddim_eta_zero_is_deterministic_and_guidance_changes_output(tiny_dit):
 
 def test_sampling_options_are_validated(tiny_dit):
     for bad, msg in [(SamplingOptions(0), "steps"), (SamplingOptions(10, "euler"), "sampler"),
-                     (SamplingOptions(10, "ddpm", 0.5), "cfg scale"), (SamplingOptions(10, "ddpm", 1.5, 0.5), "eta")]:
+                     (SamplingOptions(10, "ddpm", 0.5), "cfg scale"), (SamplingOptions(10, "ddpm", float("nan")), "cfg scale"),
+                     (SamplingOptions(10, "ddpm", float("inf")), "cfg scale"), (SamplingOptions(10, "ddpm", 1.5, 0.5), "eta"),
+                     (SamplingOptions(10, "ddim", 1.5, float("nan")), "eta")]:
         with pytest.raises(DitasError, match=msg):
             bad.validate()
     with pytest.raises(DitasError, match="class labels"):

@@ -1,6 +1,7 @@
 """Class-conditional sampling with classifier-free guidance over any denoiser backend (torch, quantized, engine)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -24,8 +25,8 @@ class SamplingOptions:
             raise DitasError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if not 1 <= self.steps <= 1000:
             raise DitasError(f"steps must be between 1 and 1000, got {self.steps}")
-        if self.cfg_scale < 1.0:
-            raise DitasError(f"cfg scale must be >= 1 (1 disables guidance), got {self.cfg_scale}")
+        if not 1.0 <= self.cfg_scale < math.inf:  # also refuses NaN
+            raise DitasError(f"cfg scale must be a finite number >= 1 (1 disables guidance), got {self.cfg_scale}")
         if not 0.0 <= self.eta <= 1.0:
             raise DitasError(f"eta must be in [0, 1], got {self.eta}")
         if self.sampler == "ddpm" and self.eta:
