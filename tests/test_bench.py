@@ -52,6 +52,8 @@ def test_bench_argument_errors(tmp_path):
     assert r.returncode == 2 and "not --random-weights" in r.stderr and "[bench]" not in r.stdout  # before any sweep
     r = run_cli("bench", "--triton", "127.0.0.1:1", "--out", tmp_path)  # nothing listens on port 1
     assert r.returncode == 2 and "no Triton server" in r.stderr and "[bench]" not in r.stdout
+    r = run_cli("bench", "--engine-fp16", tmp_path / "missing.plan", "--out", tmp_path)
+    assert r.returncode == 2 and "--engine-fp16" in r.stderr and "not found" in r.stderr and "[bench]" not in r.stdout
 
 
 def test_triton_rows_compare_with_bare_only_for_the_same_work():

@@ -75,6 +75,10 @@ class BenchConfig:
             raise DitasError("warm-up counts must be >= 0")
         if self.random_weights and not self.model:
             raise DitasError("--random-weights needs --model (e.g. DiT-XL/2)")
+        for option, path in (("--engine-fp16", self.engine_fp16), ("--engine-w4a8", self.engine_w4a8),
+                             ("--onnx", self.onnx), ("--quantized", self.quantized)):
+            if path is not None and not Path(path).exists():  # refused here, not reported as n/a after the sweep
+                raise DitasError(f"{option} {path}: not found")
         if self.triton_concurrency and min(self.triton_concurrency) < 1:
             raise DitasError("Triton concurrency levels must be >= 1")
         if self.triton_requests < 1:
