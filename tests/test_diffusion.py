@@ -24,6 +24,18 @@ def test_linear_schedule_and_respacing():
         space_timesteps(1000, "ddim999")
 
 
+def test_ddim_step_counts_are_exactly_what_respacing_accepts():
+    from ditas_trt.diffusion.sampling import ddim_step_counts
+
+    for count in range(1, 1001):
+        try:
+            space_timesteps(1000, f"ddim{count}")
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert accepted == (count in ddim_step_counts()), count
+
+
 def test_sampling_matches_original_implementation():
     model, data = golden_model()
     for name, sampler in [("ddpm", "ddpm"), ("ddim", "ddim")]:
@@ -69,7 +81,8 @@ def test_sampling_options_are_validated(tiny_dit):
     for bad, msg in [(SamplingOptions(0), "steps"), (SamplingOptions(10, "euler"), "sampler"),
                      (SamplingOptions(10, "ddpm", 0.5), "cfg scale"), (SamplingOptions(10, "ddpm", float("nan")), "cfg scale"),
                      (SamplingOptions(10, "ddpm", float("inf")), "cfg scale"), (SamplingOptions(10, "ddpm", 1.5, 0.5), "eta"),
-                     (SamplingOptions(10, "ddim", 1.5, float("nan")), "eta")]:
+                     (SamplingOptions(10, "ddim", 1.5, float("nan")), "eta"), (SamplingOptions(1), "between 2"),
+                     (SamplingOptions(49, "ddim"), "nearest counts are 48 and 50")]:
         with pytest.raises(DitasError, match=msg):
             bad.validate()
     with pytest.raises(DitasError, match="class labels"):

@@ -1,6 +1,7 @@
 """Class-conditional sampling with classifier-free guidance over any denoiser backend (torch, quantized, engine)."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -13,6 +14,15 @@ SAMPLERS = ("ddpm", "ddim")
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t, y) -> model output
 
 
+TRAINING_STEPS = 1000  # the diffusion every DiT here was trained with (create_diffusion's default)
+
+
+@functools.lru_cache(maxsize=1)
+def ddim_step_counts() -> frozenset[int]:
+    """The step counts DDIM's fixed integer stride can give (``space_timesteps(..., "ddimN")``)."""
+    return frozenset(len(range(0, TRAINING_STEPS, stride)) for stride in range(1, TRAINING_STEPS))
+
+
 @dataclass
 class SamplingOptions:
     steps: int = 50
@@ -23,8 +33,15 @@ class SamplingOptions:
     def validate(self) -> "SamplingOptions":
         if self.sampler not in SAMPLERS:
             raise DitasError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not 1 <= self.steps <= 1000:
-            raise DitasError(f"steps must be between 1 and 1000, got {self.steps}")
+        if not 2 <= self.steps <= TRAINING_STEPS:  # one step leaves no posterior variance (as in the original)
+            raise DitasError(f"steps must be between 2 and {TRAINING_STEPS}, got {self.steps}")
+        if self.sampler == "ddim":
+            counts = ddim_step_counts()
+            if self.steps not in counts:
+                below = max(c for c in counts if c < self.steps)
+                above = min(c for c in counts if c > self.steps)
+                raise DitasError(f"ddim cannot take exactly {self.steps} steps with an integer stride over "
+                                 f"{TRAINING_STEPS} timesteps; the nearest counts are {below} and {above}")
         if not 1.0 <= self.cfg_scale < math.inf:  # also refuses NaN
             raise DitasError(f"cfg scale must be a finite number >= 1 (1 disables guidance), got {self.cfg_scale}")
         if not 0.0 <= self.eta <= 1.0:
