@@ -209,6 +209,8 @@ def _bad_requests(module):
         "too many steps": sampler_inputs(module, **{**good, "steps": 5000}),
         "cfg below 1": sampler_inputs(module, **{**good, "cfg_scale": 0.5}),
         "unknown sampler": sampler_inputs(module, **good, sampler="euler"),
+        "one step": sampler_inputs(module, **{**good, "steps": 1}),
+        "cfg not a number": sampler_inputs(module, **{**good, "cfg_scale": float("nan")}),
     }
     wrong_dtype = sampler_inputs(module, **good)
     wrong_dtype[0] = module.InferInput("class_label", [1, 1], "FP32")
