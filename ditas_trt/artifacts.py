@@ -19,8 +19,11 @@ SIDECAR_SUFFIX = ".json"
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; rename it over `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise DitasError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, artifact_mode())  # mkstemp makes 0600

@@ -73,6 +73,8 @@ class BenchConfig:
                 raise DitasError(f"{name.replace('_', '-')} must be >= 1")
         if self.warmup < 0 or self.loop_warmup < 0:
             raise DitasError("warm-up counts must be >= 0")
+        if self.threads < 0:
+            raise DitasError(f"--threads must be >= 0 (0 = torch's default), got {self.threads}")
         if self.random_weights and not self.model:
             raise DitasError("--random-weights needs --model (e.g. DiT-XL/2)")
         for option, path in (("--engine-fp16", self.engine_fp16), ("--engine-w4a8", self.engine_w4a8),
