@@ -38,6 +38,16 @@ def test_bad_files_give_one_line_and_exit_2(tmp_path, tiny_dit):
     torch.save(tiny_dit.state_dict(), tmp_path / "tiny.pt")
     assert_one_line_error(run_cli("info", tmp_path / "tiny.pt", "--model", "DiT-B/2"), "does not fit")
     assert_one_line_error(run_cli("info", tmp_path / "tiny.pt", "--model", "DiT-Z/9"), "unknown model")
+    (tmp_path / "junk.pt").write_text("junk\n")
+    assert_one_line_error(run_cli("info", tmp_path / "junk.pt"), "junk.pt", "not a readable PyTorch checkpoint")
+
+
+def test_unwritable_outputs_give_one_line_and_exit_2(tmp_path):
+    (tmp_path / "file").write_text("")  # a file where a folder should be: mkdir fails, even for root
+    assert_one_line_error(run_cli("export", "embedded", "--kind", "fp16", "--out", tmp_path / "file" / "x.onnx"),
+                          "x.onnx", "cannot write there")
+    assert_one_line_error(run_cli("sample", "--steps", "2", "--classes", "1", "--per-class", "1",
+                                  "--out", tmp_path / "file" / "run"), "file")
 
 
 @pytest.mark.parametrize("args,fragment", [

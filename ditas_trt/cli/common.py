@@ -49,7 +49,11 @@ def sample_labels(args, num_classes: int) -> torch.Tensor:
 
 
 def output_dir(path: str) -> Path:
+    """The output folder, refused before any work when it is a file or lies under one."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise DitasError(f"{out}: exists and is not a folder")
+    existing = next(p for p in out.absolute().parents if p.exists())
+    if not out.exists() and not existing.is_dir():
+        raise DitasError(f"{out}: cannot be created ({existing} is not a folder)")
     return out
