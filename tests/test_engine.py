@@ -152,6 +152,23 @@ def test_w4a8_engine_built_on_cpu_with_the_cpp_plugin(w4a8_engine, onnx_files):
     assert side["plugin"]["embedded"] and side["plugin"]["info"]["plugins"] == {plugin_spec.OP_TYPE: plugin_spec.VERSION}
 
 
+def test_info_reads_graphs_and_plans_without_loading_them(w4a8_engine, onnx_files, tmp_path):
+    import json
+
+    from ditas_trt.quant.linear import quant_layer_configs
+
+    layers = len(quant_layer_configs(onnx_files["quantized"]))
+    params = sum(p.numel() for p in onnx_files["fp"].parameters())
+    graph = json.loads(run_cli("info", onnx_files["plugin"], "--json").stdout)
+    assert graph["kind"] == "onnx" and graph["graph"] == "plugin (fp16)" and graph["quantized_layers"] == layers
+    assert graph["parameters"] == params and graph["config"] == onnx_files["fp"].config.to_dict()
+    plan = json.loads(run_cli("info", w4a8_engine.plan, "--json").stdout)
+    assert plan["kind"] == "plan" and plan["plugin layers"] == layers and plan["tensorrt"].startswith("tensorrt-rtx")
+    assert plan["batch profile"] == "/".join(map(str, BATCH)) and plan["parameters"] == params
+    res = run_cli("sample", "--engine", onnx_files["plugin"], "--out", tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "not a TensorRT plan" in res.stderr
+
+
 def test_cpp_creator_declares_the_spec_fields(w4a8_engine):
     trt = _rtx()
     creator = trt.module.get_plugin_registry().get_creator(plugin_spec.OP_TYPE, plugin_spec.VERSION, plugin_spec.NAMESPACE)

@@ -64,6 +64,8 @@ def validate_batch(batch: Sequence[int]) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------------------------------
 def read_engine_sidecar(plan: Union[str, Path], verify_hash: bool = True) -> dict:
     plan = Path(plan)
+    if plan.suffix == ".onnx":
+        raise DitasError(f"{plan}: an ONNX graph, not a TensorRT plan (build one with `ditas-trt build {plan}`)")
     if not plan.is_file():
         raise DitasError(f"{plan}: engine file not found (build it with `ditas-trt build`)")
     side = sidecar_path(plan)
