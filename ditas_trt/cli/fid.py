@@ -34,10 +34,9 @@ def run(args):
         raise DitasError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.inception_weights:
         from ditas_trt.backends import resolve_device
-
-        resolve_device(args.device)
         from ditas_trt.eval.fid import fid_from_files
 
+        resolve_device(args.device)
         if not args.reference:
             raise DitasError("FID needs --reference (mu/sigma statistics or reference images)")
         result = fid_from_files(args.samples, args.reference, args.inception_weights, args.batch_size, args.device)
