@@ -59,7 +59,8 @@ class Denoiser:
             idx = slice(start, start + batch_size)
             noise, generators = seeded_noise(seeds[idx], shape, device=self.device)
             chunks.append(sample(self.forward, labels[idx].to(self.device), in_channels=c.in_channels, input_size=c.input_size,
-                                 num_classes=c.num_classes, options=options, noise=noise, generator=generators).cpu())
+                                 num_classes=c.num_classes, options=options, noise=noise, generator=generators,
+                                 learn_sigma=c.learn_sigma).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, *shape)
 
 

@@ -90,3 +90,24 @@ def test_sampling_options_are_validated(tiny_dit):
     with pytest.raises(DitasError, match="initial noise"):
         sample(tiny_dit, torch.tensor([1]), in_channels=4, input_size=8, num_classes=6, options=SamplingOptions(2),
                noise=torch.zeros(1, 4, 4, 4))
+
+
+def test_models_without_learned_sigma_sample_with_the_fixed_variance():
+    from conftest import perturbed
+    from ditas_trt.models import DiT
+
+    torch.manual_seed(0)
+    model = perturbed(DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4,
+                          num_classes=6, learn_sigma=False))
+    labels = torch.tensor([1, 4])
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    common = dict(in_channels=4, input_size=8, num_classes=6, options=SamplingOptions(5, "ddpm", cfg_scale=1.0),
+                  noise=noise)
+    with torch.no_grad():
+        out = sample(model, labels, **common, generator=torch.Generator().manual_seed(2), learn_sigma=False)
+        ref = create_diffusion("5", learn_sigma=False).p_sample_loop(
+            lambda x, t: model(x, t, labels), noise.shape, noise=noise, clip_denoised=False,
+            generator=torch.Generator().manual_seed(2))
+        assert torch.equal(out, ref)
+        with pytest.raises(ValueError, match="learned-sigma"):  # the learned-sigma diffusion cannot read its output
+            sample(model, labels, **common)

@@ -481,3 +481,15 @@ def test_quantize_dit_on_a_gpu_matches_the_cpu_run(quantized, tmp_path):
     restored = load_modelopt(folder)  # the checkpoint loads on the CPU
     with torch.no_grad():
         assert torch.allclose(restored(x, t, y), fake_on_gpu, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_trajectories_of_a_model_without_learned_sigma():
+    from conftest import perturbed
+    from ditas_trt.models import DiT
+    from ditas_trt.quant.calibration import record_trajectories
+
+    torch.manual_seed(0)
+    model = perturbed(DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=1, num_heads=4,
+                          num_classes=3, learn_sigma=False))
+    traj = record_trajectories(model, CalibrationSettings(per_class=1, steps=3), progress=False)
+    assert traj.steps == 3 and traj.x.shape[1:] == (6, 4, 8, 8)  # 3 classes x 2 (CFG) per step

@@ -162,7 +162,8 @@ def measure_variant(prep, model_config, cfg: BenchConfig, device: torch.device, 
                     noise, generators = seeded_noise(seeds, shape, device=device)
                     return sample(prep.forward, labels.to(device), in_channels=model_config.in_channels,
                                   input_size=model_config.input_size, num_classes=model_config.num_classes,
-                                  options=options, noise=noise, generator=generators)
+                                  options=options, noise=noise, generator=generators,
+                                  learn_sigma=model_config.learn_sigma)
 
                 for _ in range(cfg.loop_warmup):
                     loop()

@@ -91,11 +91,13 @@ def sample(
     noise: Optional[torch.Tensor] = None,
     generator=None,
     progress: bool = False,
+    learn_sigma: bool = True,
 ) -> torch.Tensor:
     """Sample images (N, C, H, W) for ``labels`` (N,) with a DiT-style ``forward(x, t, y)``.
 
     ``noise`` fixes x_T; ``generator`` (one or a list, one per sample) fixes the DDPM step noise. With cfg scale
-    above 1 the batch is doubled with the null label, as in DiT's sample.py.
+    above 1 the batch is doubled with the null label, as in DiT's sample.py. ``learn_sigma`` is the model's
+    (``DiTConfig.learn_sigma``): False samples with the fixed variance of DiT's ``create_diffusion(learn_sigma=False)``.
     """
     from ditas_trt.diffusion import create_diffusion
 
@@ -109,7 +111,7 @@ def sample(
         noise = torch.randn(shape, generator=generator if isinstance(generator, torch.Generator) else None)
     if tuple(noise.shape) != shape:
         raise DitasError(f"initial noise must have shape {shape}, got {tuple(noise.shape)}")
-    diffusion = create_diffusion(options.respacing)
+    diffusion = create_diffusion(options.respacing, learn_sigma=learn_sigma)
     x, y, model = noise, labels.to(noise.device), forward
     if options.cfg_scale > 1.0:
         x = torch.cat([noise, noise], dim=0)

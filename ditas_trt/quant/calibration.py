@@ -133,7 +133,8 @@ def record_trajectories(
 
         noise, generators = seeded_noise(seeds[idx], shape, device=device)
         sample(recording_forward, labels[idx].to(device), in_channels=config.in_channels, input_size=config.input_size,
-               num_classes=config.num_classes, options=settings.options, noise=noise, generator=generators)
+               num_classes=config.num_classes, options=settings.options, noise=noise, generator=generators,
+               learn_sigma=config.learn_sigma)
         passes.append(calls)
     steps = list(zip(*passes))  # per step: the (x, t, y) of every pass
     x, t, y = (torch.stack([torch.cat([call[i] for call in step]) for step in steps]) for i in range(3))

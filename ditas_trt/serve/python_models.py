@@ -189,7 +189,8 @@ class SamplerModel:
         noise, generators = seeded_noise(seeds, (c.in_channels, c.input_size, c.input_size))
         with torch.no_grad():
             return sample(self._forward, torch.tensor(labels), in_channels=c.in_channels, input_size=c.input_size,
-                          num_classes=c.num_classes, options=options, noise=noise, generator=generators)
+                          num_classes=c.num_classes, options=options, noise=noise, generator=generators,
+                          learn_sigma=c.learn_sigma)
 
     def execute(self, requests):
         import torch
