@@ -112,9 +112,19 @@ def evaluation_labels(ctx: PipelineContext, num_classes: int):
     return labels, seeds
 
 
+QUALITY_COLUMNS = {"frechet_distance": ".3f", "class_accuracy": ".3f", "psnr_vs_fp": ".2f", "sampling_seconds": ".1f"}
+
+
+def quality_table(rows: list[dict]) -> list[str]:
+    """Markdown rows of sample quality: the metrics the rows have (digits: all; other models: PSNR vs FP)."""
+    columns = ["model"] + [c for c in QUALITY_COLUMNS if any(c in row for row in rows)]
+    return markdown_table(rows, columns, QUALITY_COLUMNS)
+
+
 def generate_and_score(ctx: PipelineContext, denoiser, stem: str, reference=None) -> dict:
-    """Sample the evaluation set with a backend, save it, and return timing plus (for digits) quality metrics."""
-    from ditas_trt.eval import evaluate_samples
+    """Sample the evaluation set with a backend, save it, and return timing plus quality metrics (the classifier's
+    for the digits model; PSNR/MSE against ``reference``, FP samples from the same noise, for any model)."""
+    from ditas_trt.eval import evaluate_samples, reference_metrics
     from ditas_trt.runs import save_samples
 
     labels, seeds = evaluation_labels(ctx, denoiser.config.num_classes)
@@ -123,9 +133,12 @@ def generate_and_score(ctx: PipelineContext, denoiser, stem: str, reference=None
     seconds = time.perf_counter() - start
     png, _ = save_samples(ctx.out, stem, images, labels, seeds, nrow=ctx.config.per_class,
                           meta={"backend": denoiser.name, **asdict(ctx.config.sampling)})
-    result = {"backend": denoiser.name, "sampling_seconds": seconds, "grid": png.name, "images": images}
+    result = {"backend": denoiser.name, "samples": len(images), "sampling_seconds": seconds, "grid": png.name,
+              "images": images}
     if tuple(images.shape[1:]) == (1, 16, 16):
         result.update(evaluate_samples(images, labels, reference))
+    elif reference is not None:
+        result.update(reference_metrics(images, reference))
     return result
 
 
@@ -139,7 +152,7 @@ def stage_fp_samples(ctx: PipelineContext) -> None:
     opts = ctx.config.sampling
     sec = ctx.section("FP samples")
     sec.data = result
-    sec.lines.append(f"{result.get('samples', len(ctx.artifacts['fp_images']))} samples, {opts.steps} {opts.sampler} steps, "
+    sec.lines.append(f"{result['samples']} samples, {opts.steps} {opts.sampler} steps, "
                      f"cfg {opts.cfg_scale}, seeds from {ctx.config.seed}; {result['sampling_seconds']:.1f} s on the CPU.")
     if "class_accuracy" in result:
         sec.lines.append(f"- class accuracy: {result['class_accuracy']:.4f}")

@@ -24,3 +24,24 @@ def test_pipeline_rejects_bad_options(tmp_path):
     result = run_cli("pipeline", "--runs-dir", tmp_path, "--name", "bad", "--steps", "0")
     assert result.returncode == 2 and "steps" in result.stderr
     assert not (tmp_path / "bad" / "report.md").exists()
+
+
+def test_pipeline_on_another_model_reports_what_applies(tmp_path):
+    """A latent-space checkpoint without learned sigma: no digit classifier, but PSNR against its FP samples."""
+    import torch
+
+    from conftest import perturbed
+    from ditas_trt.models import DiT, save_dit
+
+    torch.manual_seed(0)
+    save_dit(perturbed(DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4,
+                           num_classes=4, learn_sigma=False)), tmp_path / "latent.safetensors")
+    result = run_cli("pipeline", "--checkpoint", tmp_path / "latent.safetensors", "--runs-dir", tmp_path, "--name",
+                     "other", "--per-class", "2", "--steps", "4", "--stages", "model", "fp", "quantize", "quantized")
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "other" / "report.json").read_text())
+    fp = data["sections"]["FP samples"]
+    assert fp["samples"] == 8 and "class_accuracy" not in fp
+    quantized = data["sections"]["Quantized samples (DiTAS W4A8, torch op)"]["quantized"]
+    assert quantized["samples"] == 8 and quantized["psnr_vs_fp"] > 5
+    assert "| model | psnr_vs_fp | sampling_seconds |" in (tmp_path / "other" / "report.md").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ditas_trt.pipeline import PipelineContext, StageSkipped, generate_and_score, markdown_table
+from ditas_trt.pipeline import PipelineContext, StageSkipped, generate_and_score, markdown_table, quality_table
 
 QUANTIZED_DEFAULT = Path("calib") / "ditas_w4a8"  # where the quantize stage writes, under the run folder
 
@@ -69,12 +69,8 @@ def export_stage(ctx: PipelineContext) -> None:
                                 {"MB": ".2f", "seconds": ".2f"})
     sec.lines.append(f"\nQ/DQ graph in onnxruntime vs the torch quantized model, one random batch: max |diff| = "
                      f"{difference:.2e} of max |output|.")
-    if "class_accuracy" in result:
-        sec.lines += ["", *markdown_table([{"model": "DiTAS W4A8 + LoRA, Q/DQ ONNX (onnxruntime)", **result}],
-                                          ["model", "frechet_distance", "class_accuracy", "psnr_vs_fp", "sampling_seconds"],
-                                          {"frechet_distance": ".3f", "class_accuracy": ".3f", "psnr_vs_fp": ".2f",
-                                           "sampling_seconds": ".1f"})]
-        sec.lines.append("\nSame evaluation noise as the FP and torch-quantized samples above; compare the rows.")
+    sec.lines += ["", *quality_table([{"model": "DiTAS W4A8 + LoRA, Q/DQ ONNX (onnxruntime)", **result}])]
+    sec.lines.append("\nSame evaluation noise as the FP and torch-quantized samples above; compare the rows.")
     sec.lines.append(f"\n![Q/DQ ONNX samples]({result['grid']})")
 
 

@@ -63,6 +63,11 @@ def psnr(images: torch.Tensor, reference: torch.Tensor, data_range: float = 2.0)
     return float("inf") if mse == 0 else 10.0 * float(np.log10(data_range**2 / mse))
 
 
+def reference_metrics(images: torch.Tensor, reference: torch.Tensor) -> dict:
+    """MSE and PSNR against FP samples from the same noise (any model, any image shape)."""
+    return {"mse_vs_fp": float(((images.float() - reference.float()) ** 2).mean()), "psnr_vs_fp": psnr(images, reference)}
+
+
 def evaluate_samples(images: torch.Tensor, labels: torch.Tensor, reference: Optional[torch.Tensor] = None) -> dict:
     """Metrics of generated digits; ``reference`` = FP samples from the same noise for PSNR/MSE."""
     feats, preds = classifier_outputs(images)
@@ -72,6 +77,5 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor, reference: Opti
         "frechet_distance": feature_frechet_distance(feats),
     }
     if reference is not None:
-        result["mse_vs_fp"] = float(((images.float() - reference.float()) ** 2).mean())
-        result["psnr_vs_fp"] = psnr(images, reference)
+        result.update(reference_metrics(images, reference))
     return result

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ditas_trt.pipeline import PipelineContext, StageSkipped, generate_and_score, markdown_table
+from ditas_trt.pipeline import PipelineContext, StageSkipped, generate_and_score, quality_table
 
 QUANTIZED_NAME = "ditas_w4a8"
 
@@ -68,12 +68,7 @@ def quantized_samples_stage(ctx: PipelineContext) -> None:
     if fp:
         rows.append({"model": "FP32", **fp})
     rows.append({"model": "DiTAS W4A8 + LoRA", **result})
-    columns = ["model", "frechet_distance", "class_accuracy", "psnr_vs_fp", "sampling_seconds"]
-    if "class_accuracy" in result:
-        sec.lines += markdown_table(rows, columns, {"frechet_distance": ".3f", "class_accuracy": ".3f",
-                                                   "psnr_vs_fp": ".2f", "sampling_seconds": ".1f"})
-    else:
-        sec.lines.append(f"{result.get('samples', '')} samples in {result['sampling_seconds']:.1f} s")
+    sec.lines += quality_table(rows)
     sec.lines.append("\nSame evaluation noise as the FP samples; PSNR is against them. The quantized linears run "
                      "through the `ditas_trt` torch op (exact CPU reference here).")
     sec.lines.append(f"\n![quantized samples]({result['grid']})")
