@@ -54,6 +54,14 @@ def test_bench_argument_errors(tmp_path):
     assert r.returncode == 2 and "no Triton server" in r.stderr and "[bench]" not in r.stdout
     r = run_cli("bench", "--engine-fp16", tmp_path / "missing.plan", "--out", tmp_path)
     assert r.returncode == 2 and "--engine-fp16" in r.stderr and "not found" in r.stderr and "[bench]" not in r.stdout
+    from ditas_trt.bench.variants import rtn_quantize
+    from ditas_trt.models import DiT
+    from ditas_trt.quant.packed import save_quantized
+
+    other = DiT(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=1, num_heads=2, num_classes=10)
+    save_quantized(rtn_quantize(other, 4), tmp_path / "other", recipe={"method": "rtn-test"})
+    r = run_cli("bench", "--quantized", tmp_path / "other", "--out", tmp_path)  # the embedded model is benchmarked
+    assert r.returncode == 2 and "quantized from another model" in r.stderr and "[bench]" not in r.stdout
 
 
 def test_triton_rows_compare_with_bare_only_for_the_same_work():

@@ -283,6 +283,14 @@ def run_bench(cfg: BenchConfig, progress=print) -> tuple[BenchResult, dict]:
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     model, label = load_model(cfg)
+    if cfg.quantized and "quantized" in cfg.variants:  # a folder of another model fails now, not after the sweep
+        from ditas_trt.models.dit import DiTConfig
+        from ditas_trt.quant.packed import read_quantized_sidecar
+
+        made_from = DiTConfig(**read_quantized_sidecar(cfg.quantized)["model_config"])
+        if made_from != model.config:
+            raise DitasError(f"--quantized {cfg.quantized}: quantized from another model ({made_from}) than the one "
+                             f"benchmarked ({model.config})")
     params = sum(p.numel() for p in model.parameters())
     model_info = {"label": label, "config": model.config.to_dict(), "parameters": params}
     device_info = describe_device(device)
