@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from ditas_trt.artifacts import environment_versions, file_sha256, write_json_atomic
+from ditas_trt.diffusion.sampling import TRAINING_STEPS
 from ditas_trt.errors import DitasError
 
 DENOISER = "denoiser"
@@ -74,8 +75,8 @@ class RepoOptions:
             raise DitasError(f"--max-batch must be >= 2 (one guided sample is 2 rows), got {self.max_batch}")
         if not 0 <= self.queue_delay_us <= 10_000_000:
             raise DitasError(f"--queue-delay-us must be in [0, 1e7], got {self.queue_delay_us}")
-        if not 1 <= self.max_steps <= 1000:
-            raise DitasError(f"--max-steps must be in [1, 1000], got {self.max_steps}")
+        if not 2 <= self.max_steps <= TRAINING_STEPS:  # a request needs at least 2 steps (SamplingOptions)
+            raise DitasError(f"--max-steps must be in [2, {TRAINING_STEPS}], got {self.max_steps}")
         if self.threads < 0:
             raise DitasError(f"--threads must be >= 0, got {self.threads}")
         return self
