@@ -22,6 +22,14 @@ def test_help_lists_subcommands():
         assert name in result.stdout
 
 
+def test_version():
+    import ditas_trt
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"ditas-trt {ditas_trt.__version__}"
+    assert ditas_trt.__version__[0].isdigit()
+
+
 def test_info_on_the_embedded_model():
     result = run_cli("info", "--json")
     assert result.returncode == 0, result.stderr

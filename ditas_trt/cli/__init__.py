@@ -55,7 +55,10 @@ def _load(name: str, module_name: str):
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    from ditas_trt import __version__
+
     parser = _Parser(prog=PROG, description="DiTAS W4A8 quantization of Diffusion Transformers, deployed with TensorRT.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     modules = {}
     for name, module_name in SUBCOMMANDS.items():
