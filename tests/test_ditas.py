@@ -410,6 +410,19 @@ def test_trajectory_cache_is_reused(tiny_dit, tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
 
 
+@pytest.mark.parametrize("damage", ["tensors", "sidecar"])
+def test_a_damaged_trajectory_cache_entry_is_recorded_again(tiny_dit, tmp_path, damage):
+    settings = CalibrationSettings(per_class=1, steps=3, classes=[1, 4])
+    first = load_or_record(tiny_dit, settings, tmp_path, progress=False)
+    (entry,) = tmp_path.glob("*.safetensors")
+    victim = entry if damage == "tensors" else entry.with_name(entry.name + ".json")
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="recording them again"):
+        again = load_or_record(tiny_dit, settings, tmp_path, progress=False)
+    assert not again.reused and torch.equal(again.x, first.x)
+    assert load_or_record(tiny_dit, settings, tmp_path, progress=False).reused  # the entry was replaced
+
+
 def test_static_range_covers_every_timestep_of_the_smoothed_input(tiny_dit):
     """'single' takes s from the middle timestep, but the static INT8 range is max_j a_j / s_j over all of them."""
     from ditas_trt.quant.calibration import replay_loop

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -147,6 +148,23 @@ def trajectory_key(fingerprint: str, settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def _cached_trajectories(path: Path, meta: dict) -> Optional[Trajectories]:
+    """What an identical run stored at ``path``, else None; a damaged entry is recorded again (with a warning)."""
+    from ditas_trt.models.loading import read_safetensors
+
+    if not (path.is_file() and sidecar_path(path).is_file()):
+        return None
+    try:
+        stored = read_json(sidecar_path(path), "trajectory sidecar")
+        if any(stored.get(k) != v for k, v in meta.items()):
+            return None
+        tensors = read_safetensors(path)[0]
+        return Trajectories(**{k: tensors[k] for k in ("x", "t", "y")}, meta={**stored, "path": str(path)}, reused=True)
+    except (DitasError, KeyError) as exc:
+        warnings.warn(f"cached trajectories unreadable: {exc}; recording them again", stacklevel=3)
+        return None
+
+
 def load_or_record(
     model: torch.nn.Module,
     settings: CalibrationSettings,
@@ -155,7 +173,6 @@ def load_or_record(
     progress: bool = True,
 ) -> Trajectories:
     """Trajectories for ``model`` and ``settings``, from ``cache_dir`` when an identical run left them there."""
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     num_classes = model.config.num_classes
@@ -169,12 +186,9 @@ def load_or_record(
     key = trajectory_key(fingerprint, resolved)
     path = Path(cache_dir) / f"{key}.safetensors"
     meta = {"model_sha256": fingerprint, "settings": resolved, "format": TRAJECTORY_FORMAT, "key": key}
-    if path.is_file() and sidecar_path(path).is_file():
-        stored = read_json(sidecar_path(path), "trajectory sidecar")
-        if all(stored.get(k) == v for k, v in meta.items()):
-            with safe_open(str(path), framework="pt") as f:
-                tensors = {k: f.get_tensor(k) for k in ("x", "t", "y")}
-            return Trajectories(**tensors, meta={**stored, "path": str(path)}, reused=True)
+    cached = _cached_trajectories(path, meta)
+    if cached is not None:
+        return cached
     traj = record_trajectories(model, settings, batch_size, progress)
     meta.update(traj.meta, path=str(path), steps=traj.steps, batch=traj.batch)
     with atomic_path(path) as tmp:
