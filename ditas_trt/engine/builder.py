@@ -24,6 +24,7 @@ import ctypes
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -262,7 +263,11 @@ def build_engine(
     if not trt.is_rtx and timing_cache:
         cache_path = Path(out_dir) / "timing.cache" if timing_cache == "auto" else Path(timing_cache)
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
+        cache = config.create_timing_cache(blob)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            # written by another GPU or TensorRT, or damaged: start a new one (it replaces the file after the build)
+            warnings.warn(f"{cache_path}: timing cache not usable here; building with a new one", stacklevel=2)
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
